@@ -435,6 +435,8 @@ def test_query_on_an_empty_knowledge_base_returns_nothing(kb):
     assert kb.query([1.0, 0.0], model="emb") == []
     put(kb, "a.md", ["no embedding yet"])
     assert kb.query([1.0, 0.0], model="emb") == []
+    kb.put_embedding("orphan", model="emb", vector=[1.0, 0.0], run_id=RUN)  # linked to no chunk
+    assert kb.query([1.0, 0.0], model="emb") == []
 
 
 def test_query_rejects_mismatched_dimensions_and_bad_arguments(kb):

@@ -175,4 +175,4 @@ def m001_initial(conn: sqlite3.Connection) -> None:
     )
     conn.execute("CREATE INDEX chunks_summary_key ON chunks (summary_key)")
     conn.execute("CREATE INDEX chunks_embedding_key ON chunks (embedding_key)")
-    conn.execute("CREATE INDEX embeddings_model ON embeddings (model)")
+    conn.execute("CREATE INDEX embeddings_model_dim ON embeddings (model, dim)")

@@ -395,8 +395,7 @@ class KnowledgeBase:
             dims = [
                 row[0]
                 for row in self._conn.execute(
-                    "SELECT DISTINCT e.dim FROM chunks AS c JOIN embeddings AS e ON e.key = c.embedding_key"
-                    " WHERE e.model = ? ORDER BY e.dim",
+                    "SELECT DISTINCT dim FROM embeddings WHERE model = ? ORDER BY dim",
                     (model,),
                 )
             ]
@@ -408,7 +407,7 @@ class KnowledgeBase:
                     f"{model!r} embeddings of {', '.join(map(str, dims))} dimensions: embed the query "
                     "with the same model and dimensions the ingest used"
                 )
-            best = self._top_k(query, model=model, k=k)
+            best = self._top_k(query, model=model, k=k)  # [] if no chunk links to such an embedding
             return [self._hit(path, idx, score) for score, path, idx in best]
 
     def _top_k(self, query: npt.NDArray[np.float64], *, model: str, k: int) -> list[tuple[float, str, int]]:
