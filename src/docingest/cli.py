@@ -1,7 +1,174 @@
-"""Command line interface (placeholder until the pipeline lands)."""
+"""Command line: ``docingest ingest | query | report``. The library raises; this translates."""
 
 from __future__ import annotations
 
+import argparse
+import asyncio
+import os
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
 
-def main(argv: list[str] | None = None) -> int:
+from rich.console import Console
+
+from docingest import __version__
+from docingest.errors import DocingestError
+
+
+def _add_output_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--report", type=Path, metavar="PATH.json", help="write the JSON report here")
+    p.add_argument("--html", type=Path, metavar="PATH.html", help="write a self-contained HTML report here")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="docingest",
+        description="Ingest documentation into a searchable knowledge base, with an exact ledger "
+        "of every token sent to the LLM API.",
+    )
+    parser.add_argument("--version", action="version", version=f"docingest {__version__}")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    ing = sub.add_parser("ingest", help="ingest a documentation tree (or forecast it with --dry-run)")
+    ing.add_argument("source", type=Path, help="a directory or git repository")
+    ing.add_argument(
+        "--dry-run",
+        action="store_true",
+        help="make no API call: the transport answers as the API would (also DRY_RUN=true)",
+    )
+    _add_output_args(ing)
+    ing.add_argument(
+        "--ledger", type=Path, metavar="PATH.jsonl", help="ledger path (default: beside the report)"
+    )
+    ing.add_argument("--db", type=Path, default=Path(".docingest/kb.sqlite"), help="knowledge base (SQLite)")
+    ing.add_argument("--chat-model", default="gpt-4o-mini")
+    ing.add_argument("--embedding-model", default="text-embedding-3-small")
+    ing.add_argument("--base-url", help="an OpenAI-compatible API (default: OPENAI_BASE_URL or OpenAI)")
+    ing.add_argument("--chunk-tokens", type=int, default=512)
+    ing.add_argument("--overlap-tokens", type=int, default=0)
+    ing.add_argument("--context", choices=["none", "section", "document"], default="section")
+    ing.add_argument("--loader", choices=["smart", "raw"], default="smart")
+    ing.add_argument("--include", action="append", default=[], metavar="GLOB")
+    ing.add_argument("--exclude", action="append", default=[], metavar="GLOB")
+    ing.add_argument("--max-file-bytes", type=int, default=2_000_000)
+    ing.add_argument("--summary-tokens", type=int, default=128, help="max_tokens of each summary")
+    ing.add_argument("--concurrency", type=int, default=8)
+    ing.add_argument("--max-retries", type=int, default=4)
+    ing.add_argument("--timeout", type=float, default=60.0, help="seconds per HTTP request")
+    ing.add_argument("--embedding-batch", type=int, default=256, help="inputs per embeddings request")
+
+    q = sub.add_parser("query", help="search the knowledge base")
+    q.add_argument("text")
+    q.add_argument("--db", type=Path, default=Path(".docingest/kb.sqlite"))
+    q.add_argument("-k", type=int, default=5)
+    q.add_argument("--embedding-model", default="text-embedding-3-small")
+    q.add_argument("--base-url")
+
+    rep = sub.add_parser("report", help="rebuild a report from one or more ledgers")
+    rep.add_argument("ledgers", type=Path, nargs="+", metavar="LEDGER.jsonl")
+    _add_output_args(rep)
+    return parser
+
+
+def _ingest(args: argparse.Namespace, console: Console) -> int:
+    from docingest.console import ProgressView, print_summary
+    from docingest.pipeline import IngestConfig, aingest, env_dry_run
+    from docingest.report import build_report, write_report
+
+    config = IngestConfig(
+        source=args.source,
+        dry_run=args.dry_run or env_dry_run(),
+        report=args.report,
+        ledger=args.ledger,
+        db=args.db,
+        chat_model=args.chat_model,
+        embedding_model=args.embedding_model,
+        base_url=args.base_url or os.environ.get("OPENAI_BASE_URL") or None,
+        api_key=os.environ.get("OPENAI_API_KEY") or None,
+        chunk_tokens=args.chunk_tokens,
+        overlap_tokens=args.overlap_tokens,
+        context=args.context,
+        loader=args.loader,
+        include=tuple(args.include),
+        exclude=tuple(args.exclude),
+        max_file_bytes=args.max_file_bytes,
+        summary_tokens=args.summary_tokens,
+        concurrency=args.concurrency,
+        max_retries=args.max_retries,
+        timeout=args.timeout,
+        embedding_batch_size=args.embedding_batch,
+    )
+    with ProgressView(console) as view:
+        try:
+            result = asyncio.run(aingest(config, on_progress=view.update))
+        except KeyboardInterrupt:
+            console.print(
+                "interrupted: the ledger keeps every call made so far; run the same command to go on"
+            )
+            return 130
+    report = build_report(result.stats)
+    write_report(report, result.report_path)
+    if args.html:
+        from docingest.html import write_html
+
+        write_html(report, args.html)
+    print_summary(console, report, report_path=result.report_path, ledger_path=result.ledger_path)
     return 0
+
+
+def _query(args: argparse.Namespace, console: Console) -> int:
+    from docingest.query import search
+
+    hits = search(
+        args.text,
+        db=args.db,
+        k=args.k,
+        embedding_model=args.embedding_model,
+        base_url=args.base_url or os.environ.get("OPENAI_BASE_URL") or None,
+        api_key=os.environ.get("OPENAI_API_KEY") or None,
+    )
+    if not hits:
+        console.print("no embeddings in the knowledge base: run docingest ingest without --dry-run first")
+        return 1
+    for rank, hit in enumerate(hits, 1):
+        snippet = " ".join(hit.text.split())[:200]
+        console.print(
+            f"{rank}. {hit.path} #{hit.index}  score {hit.score:.4f}", highlight=False, markup=False
+        )
+        console.print(f"   {snippet}", highlight=False, markup=False)
+    return 0
+
+
+def _report(args: argparse.Namespace, console: Console) -> int:
+    from docingest.account import StatsCollector
+    from docingest.console import print_summary
+    from docingest.report import build_report, write_report
+
+    stats = StatsCollector.from_ledger(*args.ledgers)
+    report = build_report(stats)
+    if args.report:
+        write_report(report, args.report)
+    if args.html:
+        from docingest.html import write_html
+
+        write_html(report, args.html)
+    print_summary(console, report, report_path=args.report)
+    return 0
+
+
+def main(argv: Sequence[str] | None = None, *, console: Console | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    out = console or Console(stderr=False)
+    err = Console(stderr=True)
+    handlers: dict[str, Any] = {"ingest": _ingest, "query": _query, "report": _report}
+    try:
+        code: int = handlers[args.command](args, out)
+    except DocingestError as exc:
+        err.print(f"[bold red]error:[/bold red] {exc}", highlight=False)
+        return 2
+    return code
+
+
+if __name__ == "__main__":
+    sys.exit(main())

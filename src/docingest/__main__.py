@@ -1,0 +1,5 @@
+import sys
+
+from docingest.cli import main
+
+sys.exit(main())

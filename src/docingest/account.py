@@ -1,0 +1,439 @@
+"""StatsCollector: the seed plan's statistics, as a pure accumulator over ledger records.
+
+Every record goes through :meth:`StatsCollector.record`, which appends it to the ledger (when
+there is one) and folds it into the aggregates. Rebuilding a report from a ledger is the same
+fold (:meth:`StatsCollector.from_ledger`), so a live report and a rebuilt one cannot differ.
+
+Attribution: :meth:`StatsCollector.chunk` sets a context variable naming the chunk that the
+calls made inside the ``with`` block belong to (threads and asyncio tasks each see their own).
+"""
+
+from __future__ import annotations
+
+import contextvars
+import hashlib
+import statistics
+import threading
+import time
+import uuid
+from collections import Counter, defaultdict
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+from docingest.ledger import LedgerWriter, read_ledger
+
+SCHEMA_VERSION = 1
+CALL_TYPES = ("chat_summary", "create_embedding")
+
+
+def utc_now() -> str:
+    return datetime.now(UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
+
+
+@dataclass(frozen=True, slots=True)
+class ChunkShare:
+    """One chunk's part of a call: for a batch, the tokens of that chunk's input."""
+
+    path: str
+    index: int
+    tokens: int
+
+
+@dataclass(slots=True)
+class CallInfo:
+    """What the caller knows about the request about to be sent (set in a context variable)."""
+
+    call_type: str
+    chunks: list[ChunkShare] = field(default_factory=list)
+    prompt_tokens: int | None = None  # computed before the call; None: the transport counts
+    input_tokens: list[int] | None = None  # embeddings: per input
+    site: str | None = None
+    model: str | None = None
+    max_tokens: int | None = None
+
+
+current_call: contextvars.ContextVar[CallInfo | None] = contextvars.ContextVar("docingest_call", default=None)
+current_chunk: contextvars.ContextVar[tuple[str, int] | None] = contextvars.ContextVar(
+    "docingest_chunk", default=None
+)
+
+
+@dataclass(slots=True)
+class _ChunkStats:
+    raw_chunk_tokens: int | None = None
+    sha256: str | None = None
+    calls: list[dict[str, Any]] = field(default_factory=list)
+    cache_hits: int = 0
+    tokens_saved: int = 0
+    unsent: list[dict[str, Any]] = field(default_factory=list)
+
+
+@dataclass(slots=True)
+class _FileStats:
+    info: dict[str, Any] = field(default_factory=dict)
+    chunks: dict[int, _ChunkStats] = field(default_factory=dict)
+
+
+@dataclass(slots=True)
+class _TypeStats:
+    calls: int = 0
+    successful: int = 0
+    failed: int = 0
+    retries: int = 0
+    tokens_sent: int = 0
+    failed_tokens_sent: int = 0
+    billed_prompt_tokens: int | None = None
+    billed_completion_tokens: int | None = None
+    latencies: list[float] = field(default_factory=list)
+
+    def as_dict(self) -> dict[str, Any]:
+        lat = sorted(self.latencies)
+        return {
+            "calls": self.calls,
+            "successful_calls": self.successful,
+            "failed_calls": self.failed,
+            "retried_calls": self.retries,
+            "tokens_sent": self.tokens_sent,
+            "failed_tokens_sent": self.failed_tokens_sent,
+            "billed_prompt_tokens": self.billed_prompt_tokens,
+            "billed_completion_tokens": self.billed_completion_tokens,
+            "latency_s": {
+                "p50": _quantile(lat, 0.5),
+                "p95": _quantile(lat, 0.95),
+                "max": lat[-1] if lat else None,
+                "total": round(sum(lat), 6),
+            },
+        }
+
+
+def _quantile(sorted_values: Sequence[float], q: float) -> float | None:
+    if not sorted_values:
+        return None
+    if len(sorted_values) == 1:
+        return round(sorted_values[0], 6)
+    return round(statistics.quantiles(sorted_values, n=100, method="inclusive")[int(q * 100) - 1], 6)
+
+
+def _add_optional(a: int | None, b: int | None) -> int | None:
+    if b is None:
+        return a
+    return (a or 0) + b
+
+
+class StatsCollector:
+    """Collects one run's statistics. Thread-safe; every record is also appended to the ledger."""
+
+    def __init__(
+        self,
+        ledger_path: Path | None = None,
+        *,
+        run_id: str | None = None,
+        clock: Callable[[], float] = time.perf_counter,
+    ) -> None:
+        self.run_id = run_id or uuid.uuid4().hex[:12]
+        self.ledger_path = ledger_path
+        self._writer = LedgerWriter(ledger_path) if ledger_path is not None else None
+        self._clock = clock
+        self._t0 = clock()
+        self._lock = threading.RLock()
+        self._seq = 0
+        self.run: dict[str, Any] = {"id": self.run_id}
+        self.files: dict[str, _FileStats] = {}
+        self.skipped: list[dict[str, Any]] = []
+        self.by_type: dict[str, _TypeStats] = defaultdict(_TypeStats)
+        self.unattributed: dict[str, Any] = {"calls": 0, "tokens_sent": 0, "by_site": Counter()}
+        self.total_calls = 0
+        self.total_ok = 0
+        self.total_failed = 0
+        self.total_tokens_sent = 0
+        self.billed_prompt: int | None = None
+        self.billed_completion: int | None = None
+        self.cache_hits = 0
+        self.tokens_saved = 0
+        self.unsent: list[dict[str, Any]] = []
+        self.status: str | None = None
+        self.wall_time_s: float | None = None
+        self._rebuilt = False
+        self._last_call_end: float | None = None
+
+    # -- lifecycle ---------------------------------------------------------------------------
+    def elapsed(self) -> float:
+        return self._clock() - self._t0
+
+    def start(self, **run: Any) -> None:
+        """Write the ``run_start`` record (source, config, dry_run, models, tokenizer...)."""
+        self.record({"type": "run_start", "run_id": self.run_id, "started_at": utc_now(), **run})
+
+    def finish(self, status: str = "completed") -> None:
+        """Write the ``run_end`` record and close the ledger."""
+        self.record(
+            {
+                "type": "run_end",
+                "run_id": self.run_id,
+                "finished_at": utc_now(),
+                "wall_time_s": round(self.elapsed(), 6),
+                "status": status,
+            }
+        )
+        if self._writer is not None:
+            self._writer.close()
+
+    # -- recording -----------------------------------------------------------------------------
+    def record(self, record: dict[str, Any]) -> None:
+        """Append one record to the ledger and fold it into the statistics."""
+        with self._lock:
+            if record.get("type") == "call" and "seq" not in record:
+                self._seq += 1
+                record["seq"] = self._seq
+            if self._writer is not None:
+                self._writer.write(record)
+            self._fold(record)
+
+    def record_skip(self, path: str, reason: str, detail: str = "", size: int | None = None) -> None:
+        self.record({"type": "skip", "path": path, "reason": reason, "detail": detail, "size": size})
+
+    def record_chunk(self, path: str, index: int, raw_chunk_tokens: int, sha256: str | None = None) -> None:
+        self.record(
+            {
+                "type": "chunk",
+                "path": path,
+                "index": index,
+                "raw_chunk_tokens": raw_chunk_tokens,
+                "sha256": sha256,
+            }
+        )
+
+    @contextmanager
+    def chunk(
+        self, path: str, index: int, *, text: str | None = None, tokens: int | None = None
+    ) -> Iterator[None]:
+        """Attribute every API call made inside the block to chunk ``index`` of ``path``."""
+        if tokens is None and text is not None:
+            from docingest.tokens import TokenCounter
+
+            tokens = TokenCounter().count(text)
+        with self._lock:
+            known = path in self.files and index in self.files[path].chunks
+        if not known or tokens is not None:
+            sha = hashlib.sha256(text.encode()).hexdigest() if text is not None else None
+            self.record_chunk(path, index, tokens if tokens is not None else 0, sha)
+        token = current_chunk.set((path, index))
+        try:
+            yield
+        finally:
+            current_chunk.reset(token)
+
+    # -- folding -------------------------------------------------------------------------------
+    def _file(self, path: str) -> _FileStats:
+        fs = self.files.get(path)
+        if fs is None:
+            fs = self.files[path] = _FileStats()
+        return fs
+
+    def _chunk(self, path: str, index: int) -> _ChunkStats:
+        fs = self._file(path)
+        cs = fs.chunks.get(index)
+        if cs is None:
+            cs = fs.chunks[index] = _ChunkStats()
+        return cs
+
+    def _fold(self, r: Mapping[str, Any]) -> None:
+        kind = r["type"]
+        if kind == "call":
+            self._fold_call(r)
+        elif kind == "chunk":
+            cs = self._chunk(r["path"], int(r["index"]))
+            cs.raw_chunk_tokens = r["raw_chunk_tokens"]
+            cs.sha256 = r.get("sha256")
+        elif kind == "file":
+            self._file(r["path"]).info.update({k: v for k, v in r.items() if k not in ("type", "path")})
+        elif kind == "skip":
+            self.skipped.append({k: v for k, v in r.items() if k != "type"})
+        elif kind == "cache_hit":
+            self.cache_hits += 1
+            self.tokens_saved += int(r.get("tokens_saved", 0))
+            if r.get("path") is not None:
+                cs = self._chunk(r["path"], int(r["index"]))
+                cs.cache_hits += 1
+                cs.tokens_saved += int(r.get("tokens_saved", 0))
+        elif kind == "unsent":
+            entry = {k: v for k, v in r.items() if k != "type"}
+            self.unsent.append(entry)
+            if r.get("path") is not None:
+                self._chunk(r["path"], int(r["index"])).unsent.append(entry)
+        elif kind == "run_start":
+            self.run_id = r.get("run_id", self.run_id)
+            self.run = {"id": self.run_id, **{k: v for k, v in r.items() if k not in ("type", "run_id")}}
+        elif kind == "run_end":
+            self.run["finished_at"] = r.get("finished_at")
+            self.status = r.get("status")
+            self.wall_time_s = r.get("wall_time_s")
+
+    def _fold_call(self, r: Mapping[str, Any]) -> None:
+        ok = r["status"] == "Success"
+        ct = r["call_type"]
+        tokens = int(r["prompt_tokens"])
+        billed = r.get("billed") or {}
+        ts = self.by_type[ct]
+        ts.calls += 1
+        ts.successful += ok
+        ts.failed += not ok
+        ts.retries += int(r.get("attempt", 0) > 0)
+        ts.tokens_sent += tokens
+        if not ok:
+            ts.failed_tokens_sent += tokens
+        ts.billed_prompt_tokens = _add_optional(ts.billed_prompt_tokens, billed.get("prompt_tokens"))
+        ts.billed_completion_tokens = _add_optional(
+            ts.billed_completion_tokens, billed.get("completion_tokens")
+        )
+        if r.get("latency_s") is not None:
+            ts.latencies.append(float(r["latency_s"]))
+            end = float(r.get("t_s") or 0.0) + float(r["latency_s"])
+            self._last_call_end = max(self._last_call_end or 0.0, end)
+        self.total_calls += 1
+        self.total_ok += ok
+        self.total_failed += not ok
+        self.total_tokens_sent += tokens
+        self.billed_prompt = _add_optional(self.billed_prompt, billed.get("prompt_tokens"))
+        self.billed_completion = _add_optional(self.billed_completion, billed.get("completion_tokens"))
+        attributed = 0
+        for path, index, share in r.get("chunks") or ():
+            attributed += share
+            detail: dict[str, Any] = {
+                "call_type": ct,
+                "prompt_tokens": share,
+                "status": r["status"],
+                "seq": r.get("seq"),
+                "attempt": r.get("attempt", 0),
+                "http_status": r.get("http_status"),
+            }
+            if r.get("error_details"):
+                detail["error_details"] = r["error_details"]
+            self._chunk(path, int(index)).calls.append(detail)
+        rest = tokens - attributed
+        if rest or not r.get("chunks"):
+            self.unattributed["calls"] += 0 if r.get("chunks") else 1
+            self.unattributed["tokens_sent"] += rest
+            self.unattributed["by_site"][r.get("site") or "unknown"] += rest
+
+    # -- views ---------------------------------------------------------------------------------
+    def chunk_view(self, cs: _ChunkStats) -> dict[str, Any]:
+        ok = sum(1 for c in cs.calls if c["status"] == "Success")
+        view: dict[str, Any] = {
+            "raw_chunk_tokens": cs.raw_chunk_tokens,
+            "total_api_calls": len(cs.calls),
+            "successful_calls": ok,
+            "failed_calls": len(cs.calls) - ok,
+            "total_tokens_sent_to_apis": sum(c["prompt_tokens"] for c in cs.calls),
+            "call_details": cs.calls,
+        }
+        if cs.cache_hits:
+            view["cache_hits"] = cs.cache_hits
+            view["tokens_saved"] = cs.tokens_saved
+        if cs.unsent:
+            view["unsent"] = cs.unsent
+        return view
+
+    def file_view(self, path: str, fs: _FileStats, *, with_chunks: bool = True) -> dict[str, Any]:
+        chunk_views = {i: self.chunk_view(cs) for i, cs in sorted(fs.chunks.items())}
+        view: dict[str, Any] = dict(fs.info)
+        view.update(
+            {
+                "chunk_count": len(fs.chunks),
+                "raw_chunk_tokens": sum(c["raw_chunk_tokens"] or 0 for c in chunk_views.values()),
+                "total_api_calls": sum(c["total_api_calls"] for c in chunk_views.values()),
+                "failed_calls": sum(c["failed_calls"] for c in chunk_views.values()),
+                "total_tokens_sent_to_apis": sum(
+                    c["total_tokens_sent_to_apis"] for c in chunk_views.values()
+                ),
+                "tokens_sent_to_chat_model": sum(
+                    d["prompt_tokens"]
+                    for c in chunk_views.values()
+                    for d in c["call_details"]
+                    if d["call_type"] == "chat_summary"
+                ),
+                "cache_hits": sum(c.get("cache_hits", 0) for c in chunk_views.values()),
+                "tokens_saved": sum(c.get("tokens_saved", 0) for c in chunk_views.values()),
+            }
+        )
+        if with_chunks:
+            view["chunks"] = {str(i): c for i, c in chunk_views.items()}
+        return view
+
+    def aggregated(self) -> dict[str, Any]:
+        with self._lock:
+            raw = sum(cs.raw_chunk_tokens or 0 for fs in self.files.values() for cs in fs.chunks.values())
+            chat = self.by_type["chat_summary"].tokens_sent if "chat_summary" in self.by_type else 0
+
+            def file_sum(key: str) -> int | None:
+                values = [fs.info.get(key) for fs in self.files.values() if key in fs.info]
+                return sum(v for v in values if v is not None) if values else None
+
+            dropped: Counter[str] = Counter()
+            for fs in self.files.values():
+                dropped.update(fs.info.get("dropped_tokens") or {})
+            embed = self.by_type.get("create_embedding")
+            return {
+                "total_api_calls_initiated": self.total_calls,
+                "total_successful_calls": self.total_ok,
+                "total_failed_calls": self.total_failed,
+                "total_tokens_from_raw_docs": raw,
+                "total_tokens_sent_to_chat_model": chat,
+                "total_tokens_sent_to_apis": self.total_tokens_sent,
+                "total_tokens_sent_to_embeddings": embed.tokens_sent if embed else 0,
+                "amplification": round(chat / raw, 4) if raw else None,
+                "by_call_type": {ct: self.by_type[ct].as_dict() for ct in sorted(self.by_type)},
+                "source_tokens": file_sum("source_tokens"),
+                "document_tokens": file_sum("document_tokens"),
+                "dropped_tokens": dict(sorted(dropped.items())),
+                "billed_prompt_tokens": self.billed_prompt,
+                "billed_completion_tokens": self.billed_completion,
+                "retried_calls": sum(t.retries for t in self.by_type.values()),
+                "cache_hits": self.cache_hits,
+                "tokens_saved_by_cache": self.tokens_saved,
+                "unsent_requests": len(self.unsent),
+                "files_loaded": len([fs for fs in self.files.values() if fs.info]),
+                "files_skipped": len(self.skipped),
+                "chunks": sum(len(fs.chunks) for fs in self.files.values()),
+                "unattributed": {
+                    "calls": self.unattributed["calls"],
+                    "tokens_sent": self.unattributed["tokens_sent"],
+                    "by_site": dict(self.unattributed["by_site"]),
+                },
+                "wall_time_s": self._wall_time(),
+            }
+
+    def _wall_time(self) -> float | None:
+        if self.wall_time_s is not None:
+            return float(self.wall_time_s)
+        if self._rebuilt:  # a killed run: the last call's end is the best we know
+            return round(self._last_call_end, 6) if self._last_call_end is not None else None
+        return round(self.elapsed(), 6)
+
+    def report(self) -> dict[str, Any]:
+        """The whole report as a dict (see ``docingest.report`` for streaming it to a file)."""
+        with self._lock:
+            return {
+                "schema_version": SCHEMA_VERSION,
+                "run": {**self.run, "status": self.status},
+                "aggregated": self.aggregated(),
+                "files": {p: self.file_view(p, fs) for p, fs in sorted(self.files.items())},
+                "skipped_files": list(self.skipped),
+                "findings": [],
+            }
+
+    @classmethod
+    def from_ledger(cls, *paths: Path) -> StatsCollector:
+        """Rebuild the statistics from one or more ledgers (e.g. a killed run and its resume)."""
+        stats = cls(None)
+        stats._rebuilt = True
+        for path in paths:
+            for record in read_ledger(path):
+                stats._fold(record)
+        if stats.status is None:
+            stats.status = "incomplete"
+        return stats

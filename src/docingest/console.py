@@ -1,0 +1,153 @@
+"""What the terminal shows: progress while a run goes on, a summary table at the end."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from typing import Any
+
+from rich.console import Console
+from rich.progress import (
+    BarColumn,
+    MofNCompleteColumn,
+    Progress,
+    TextColumn,
+    TimeElapsedColumn,
+    TimeRemainingColumn,
+)
+from rich.table import Table
+
+from docingest.account import StatsCollector
+from docingest.pipeline import Progress as RunProgress
+
+
+def _fmt(value: Any) -> str:
+    if value is None:
+        return "unknown"
+    if isinstance(value, float):
+        return f"{value:,.2f}"
+    if isinstance(value, int):
+        return f"{value:,}"
+    return str(value)
+
+
+class ProgressView:
+    """A rich progress bar on a terminal; a plain line every few seconds otherwise."""
+
+    def __init__(
+        self, console: Console, *, get_time: Callable[[], float] = time.monotonic, interval: float = 5.0
+    ):
+        self.console = console
+        self.get_time = get_time
+        self.interval = interval
+        self._last_line = get_time()
+        self._bar: Progress | None = None
+        self._files_task: Any = None
+        self._calls_task: Any = None
+        if console.is_terminal:
+            self._bar = Progress(
+                TextColumn("[bold]{task.description}"),
+                BarColumn(),
+                MofNCompleteColumn(),
+                TextColumn("{task.fields[extra]}"),
+                TimeElapsedColumn(),
+                TimeRemainingColumn(),
+                console=console,
+                get_time=get_time,
+                transient=True,
+            )
+
+    def __enter__(self) -> ProgressView:
+        if self._bar is not None:
+            self._bar.start()
+            self._files_task = self._bar.add_task("files", total=None, extra="")
+            self._calls_task = self._bar.add_task("calls", total=None, extra="")
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        if self._bar is not None:
+            self._bar.stop()
+
+    def update(self, progress: RunProgress, stats: StatsCollector) -> None:
+        sent = stats.total_tokens_sent
+        if self._bar is not None:
+            self._bar.update(
+                self._files_task,
+                total=progress.files_total,
+                completed=progress.files_done,
+                extra=f"{progress.chunks:,} chunks",
+            )
+            self._bar.update(
+                self._calls_task,
+                total=progress.calls_planned or None,
+                completed=progress.calls_done,
+                extra=f"{sent:,} tokens sent, {stats.total_failed:,} failed",
+            )
+            return
+        now = self.get_time()
+        if now - self._last_line >= self.interval:
+            self._last_line = now
+            self.console.print(
+                f"files {progress.files_done}/{progress.files_total}  chunks {progress.chunks:,}  "
+                f"calls {progress.calls_done:,}/{progress.calls_planned:,}  tokens sent {sent:,}  "
+                f"elapsed {stats.elapsed():.1f}s",
+                highlight=False,
+            )
+
+
+def summary_table(report: dict[str, Any]) -> Table:
+    agg = report["aggregated"]
+    run = report["run"]
+    title = "docingest dry run (no API call made)" if run.get("dry_run") else "docingest run"
+    table = Table(title=title, show_header=False, title_justify="left")
+    table.add_column("figure")
+    table.add_column("value", justify="right")
+    rows: list[tuple[str, Any]] = [
+        ("files loaded / skipped", f"{agg.get('files_loaded', 0):,} / {agg.get('files_skipped', 0):,}"),
+        ("chunks", agg.get("chunks")),
+        ("source tokens (files as on disk)", agg.get("source_tokens")),
+        ("document tokens (after loading)", agg.get("document_tokens")),
+        ("raw chunk tokens", agg["total_tokens_from_raw_docs"]),
+        ("tokens sent to the chat model", agg["total_tokens_sent_to_chat_model"]),
+        ("tokens sent to embeddings", agg.get("total_tokens_sent_to_embeddings")),
+        (
+            "amplification (chat tokens / raw chunk tokens)",
+            f"{agg['amplification']:.2f}x" if agg.get("amplification") is not None else "unknown",
+        ),
+    ]
+    for call_type, fig in agg["by_call_type"].items():
+        counts = (fig["successful_calls"], fig["failed_calls"], fig.get("retried_calls", 0))
+        rows.append((f"{call_type} calls (ok / failed / retried)", " / ".join(f"{n:,}" for n in counts)))
+    rows.append(("API calls initiated", agg["total_api_calls_initiated"]))
+    if agg.get("billed_prompt_tokens") is not None:
+        rows.append(("billed prompt tokens (API usage)", agg["billed_prompt_tokens"]))
+    if agg.get("cache_hits"):
+        rows.append(
+            ("cache hits (tokens saved)", f"{agg['cache_hits']:,} ({agg['tokens_saved_by_cache']:,})")
+        )
+    rows.append(
+        ("wall time", f"{agg['wall_time_s']:.2f} s" if agg.get("wall_time_s") is not None else "unknown")
+    )
+    for label, value in rows:
+        table.add_row(label, _fmt(value))
+    return table
+
+
+def print_summary(
+    console: Console, report: dict[str, Any], *, report_path: Any = None, ledger_path: Any = None
+) -> None:
+    console.print(summary_table(report))
+    skipped = report.get("skipped_files") or []
+    if skipped:
+        reasons: dict[str, int] = {}
+        for s in skipped:
+            reasons[s["reason"]] = reasons.get(s["reason"], 0) + 1
+        console.print(
+            "skipped: " + ", ".join(f"{n} {r}" for r, n in sorted(reasons.items())), highlight=False
+        )
+    for finding in report.get("findings") or []:
+        console.print(f"[bold]{finding['severity']}[/bold] {finding['code']}: {finding.get('summary', '')}")
+    if report_path is not None:
+        console.print(f"report: {report_path}", highlight=False)
+    if ledger_path is not None:
+        console.print(f"ledger: {ledger_path}", highlight=False)

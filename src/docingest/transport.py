@@ -1,0 +1,345 @@
+"""The seam: httpx2 transports under the official OpenAI SDK.
+
+``RecordingTransport`` / ``AsyncRecordingTransport`` wrap any inner transport and write one
+ledger record per HTTP attempt (retries made by the SDK pass through here one by one), with the
+prompt tokens counted *before* the request leaves. ``DryRunTransport`` answers in place of the
+network with what the API would answer (``docingest.simulate``), errors included, so a dry run
+runs every line of the SDK's request building and response parsing.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+import time
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from typing import Any
+
+import httpx2
+
+from docingest.account import CallInfo, ChunkShare, StatsCollector, current_call, current_chunk
+from docingest.simulate import SimOptions, respond
+from docingest.tokens import TokenCounter, encoding_name_for_model
+
+_DROP_HEADERS = {"content-encoding", "content-length", "transfer-encoding"}
+_SKIP_FRAMES = (
+    os.sep + "openai" + os.sep,
+    os.sep + "httpx2" + os.sep,
+    os.sep + "httpx" + os.sep,
+    os.sep + "httpcore2" + os.sep,
+    os.sep + "httpcore" + os.sep,
+    os.sep + "anyio" + os.sep,
+    os.sep + "asyncio" + os.sep,
+    os.sep + "concurrent" + os.sep,
+    os.sep + "threading.py",
+    os.sep + "contextlib.py",
+    os.sep + "docingest" + os.sep,
+    os.sep + "langchain",
+    os.sep + "llama_index" + os.sep,
+    os.sep + "tenacity" + os.sep,
+    os.sep + "pydantic" + os.sep,
+    "<frozen ",
+)
+
+
+def call_type_for(path: str) -> str:
+    if path.endswith("/chat/completions"):
+        return "chat_summary"
+    if path.endswith("/embeddings"):
+        return "create_embedding"
+    return path.rstrip("/").rsplit("/", 1)[-1] or "unknown"
+
+
+def caller_site() -> str | None:
+    """file:line of the first frame outside the SDK, HTTP stack and docingest."""
+    frame = sys._getframe(1)
+    while frame is not None:
+        filename = frame.f_code.co_filename
+        if not any(part in filename for part in _SKIP_FRAMES):
+            return (
+                f"{os.path.relpath(filename) if not filename.startswith('<') else filename}:{frame.f_lineno}"
+            )
+        frame = frame.f_back  # type: ignore[assignment]
+    return None
+
+
+class Counters:
+    """One TokenCounter per encoding, shared by every transport of a run."""
+
+    def __init__(self) -> None:
+        self._by_encoding: dict[str, TokenCounter] = {}
+
+    def for_model(self, model: str) -> TokenCounter:
+        name = encoding_name_for_model(model)
+        counter = self._by_encoding.get(name)
+        if counter is None:
+            counter = self._by_encoding[name] = TokenCounter(name)
+        return counter
+
+
+@dataclass(slots=True)
+class _Pending:
+    call_type: str
+    model: str | None
+    prompt_tokens: int
+    chunks: list[ChunkShare]
+    site: str | None
+    attempt: int
+    max_tokens: int | None
+    inputs: int | None
+    t0: float
+
+
+class _Recorder:
+    def __init__(self, stats: StatsCollector, counters: Counters | None, clock: Callable[[], float]) -> None:
+        self.stats = stats
+        self.counters = counters or Counters()
+        self.clock = clock
+
+    def before(self, request: httpx2.Request) -> _Pending:
+        info = current_call.get()
+        inputs: int | None = None
+        if info is not None and info.prompt_tokens is not None:
+            # the planner counted already: no need to parse a body that may be megabytes long
+            call_type, model, prompt_tokens = info.call_type, info.model, info.prompt_tokens
+            max_tokens: Any = info.max_tokens
+            if info.input_tokens is not None:
+                inputs = len(info.input_tokens)
+        else:
+            payload = _json_body(request)
+            model = payload.get("model") if isinstance(payload.get("model"), str) else None
+            call_type = info.call_type if info else call_type_for(request.url.path)
+            prompt_tokens = self._count(call_type, payload, model or "")
+            max_tokens = payload.get("max_tokens", payload.get("max_completion_tokens"))
+            if call_type == "create_embedding":
+                raw_input = payload.get("input")
+                inputs = (
+                    len(raw_input) if isinstance(raw_input, list) and not _is_token_list(raw_input) else 1
+                )
+        chunks = list(info.chunks) if info and info.chunks else []
+        site = info.site if info else None
+        if not chunks:
+            where = current_chunk.get()
+            if where is not None:
+                chunks = [ChunkShare(where[0], where[1], prompt_tokens)]
+            elif site is None:
+                site = caller_site()
+        return _Pending(
+            call_type=call_type,
+            model=model,
+            prompt_tokens=prompt_tokens,
+            chunks=chunks,
+            site=site,
+            attempt=int(request.headers.get("x-stainless-retry-count", "0") or 0),
+            max_tokens=max_tokens if isinstance(max_tokens, int) else None,
+            inputs=inputs,
+            t0=self.clock(),
+        )
+
+    def _count(self, call_type: str, payload: Mapping[str, Any], model: str) -> int:
+        counter = self.counters.for_model(model or "gpt-4o-mini")
+        if call_type == "chat_summary":
+            messages = payload.get("messages")
+            return counter.count_messages(messages) if isinstance(messages, list) else 0
+        if call_type == "create_embedding":
+            raw = payload.get("input")
+            if isinstance(raw, str):
+                return counter.count(raw)
+            if isinstance(raw, list):
+                if _is_token_list(raw):
+                    return len(raw)
+                return sum(len(x) if isinstance(x, list) else counter.count(str(x)) for x in raw)
+        return 0
+
+    def after(
+        self,
+        pending: _Pending,
+        *,
+        status_code: int | None,
+        body: bytes | None,
+        error: str | None,
+        headers: Mapping[str, str] | None = None,
+    ) -> None:
+        latency = self.clock() - pending.t0
+        billed: dict[str, Any] | None = None
+        ok = error is None and status_code is not None and 200 <= status_code < 300
+        if body is not None and status_code is not None:
+            parsed = _parse_json(body, headers)
+            if parsed is None and ok:
+                ok, error = False, "malformed JSON in a 2xx response"
+            elif isinstance(parsed, dict):
+                usage = parsed.get("usage")
+                simulated = headers is not None and "x-docingest-dry-run" in headers
+                if isinstance(usage, dict) and not simulated:  # a dry run has no bill
+                    billed = {k: v for k, v in usage.items() if isinstance(v, int)}
+                    details = usage.get("prompt_tokens_details")
+                    if isinstance(details, dict) and isinstance(details.get("cached_tokens"), int):
+                        billed["cached_tokens"] = details["cached_tokens"]
+                if not ok:
+                    err = parsed.get("error")
+                    if isinstance(err, dict):
+                        code = err.get("code") or err.get("type")
+                        error = (
+                            f"{status_code} {code}: {err.get('message')}" if code else f"{status_code}: {err}"
+                        )
+            if not ok and error is None:
+                error = f"HTTP {status_code}: {body[:300].decode('utf-8', 'replace')}"
+        record: dict[str, Any] = {
+            "type": "call",
+            "call_type": pending.call_type,
+            "model": pending.model,
+            "attempt": pending.attempt,
+            "status": "Success" if ok else "Fail",
+            "http_status": status_code,
+            "prompt_tokens": pending.prompt_tokens,
+            "chunks": [[c.path, c.index, c.tokens] for c in pending.chunks],
+            "t_s": round(pending.t0 - self.stats._t0, 6),
+            "latency_s": round(latency, 6),
+            "billed": billed,
+        }
+        if pending.max_tokens is not None:
+            record["max_tokens"] = pending.max_tokens
+        if pending.inputs is not None:
+            record["inputs"] = pending.inputs
+        if pending.site:
+            record["site"] = pending.site
+        if error:
+            record["error_details"] = error
+        if headers is not None and "retry-after" in headers:
+            record["retry_after"] = headers["retry-after"]
+        self.stats.record(record)
+
+
+def _is_token_list(value: list[Any]) -> bool:
+    return bool(value) and all(isinstance(x, int) for x in value)
+
+
+def _json_body(request: httpx2.Request) -> dict[str, Any]:
+    try:
+        data = json.loads(request.read() or b"{}")
+    except (ValueError, UnicodeDecodeError):
+        return {}
+    return data if isinstance(data, dict) else {}
+
+
+def _parse_json(body: bytes, headers: Mapping[str, str] | None) -> Any:
+    ctype = (headers or {}).get("content-type", "application/json")
+    try:
+        if "text/event-stream" in ctype:  # streamed chat: the usage, if any, is in the last event
+            last: Any = {}
+            for line in body.decode("utf-8", "replace").splitlines():
+                if line.startswith("data:") and line[5:].strip() not in ("", "[DONE]"):
+                    event = json.loads(line[5:])
+                    if isinstance(event, dict) and event.get("usage"):
+                        last = event
+            return last
+        return json.loads(body)
+    except (ValueError, UnicodeDecodeError):
+        return None
+
+
+def _rebuild(response: httpx2.Response, body: bytes, request: httpx2.Request) -> httpx2.Response:
+    headers = [(k, v) for k, v in response.headers.multi_items() if k.lower() not in _DROP_HEADERS]
+    return httpx2.Response(
+        response.status_code,
+        headers=headers,
+        content=body,
+        request=request,
+        extensions={k: v for k, v in response.extensions.items() if k in ("http_version", "reason_phrase")},
+    )
+
+
+class RecordingTransport(httpx2.BaseTransport):
+    """Records every request sent through ``inner`` (sync clients)."""
+
+    def __init__(
+        self,
+        inner: httpx2.BaseTransport,
+        stats: StatsCollector,
+        *,
+        counters: Counters | None = None,
+        clock: Callable[[], float] = time.perf_counter,
+    ) -> None:
+        self.inner = inner
+        self._rec = _Recorder(stats, counters, clock)
+
+    def handle_request(self, request: httpx2.Request) -> httpx2.Response:
+        pending = self._rec.before(request)
+        try:
+            response = self.inner.handle_request(request)
+            body = response.read()
+            response.close()
+        except Exception as exc:
+            self._rec.after(pending, status_code=None, body=None, error=f"{type(exc).__name__}: {exc}")
+            raise
+        self._rec.after(
+            pending, status_code=response.status_code, body=body, error=None, headers=response.headers
+        )
+        return _rebuild(response, body, request)
+
+    def close(self) -> None:
+        self.inner.close()
+
+
+class AsyncRecordingTransport(httpx2.AsyncBaseTransport):
+    """Records every request sent through ``inner`` (async clients)."""
+
+    def __init__(
+        self,
+        inner: httpx2.AsyncBaseTransport,
+        stats: StatsCollector,
+        *,
+        counters: Counters | None = None,
+        clock: Callable[[], float] = time.perf_counter,
+    ) -> None:
+        self.inner = inner
+        self._rec = _Recorder(stats, counters, clock)
+
+    async def handle_async_request(self, request: httpx2.Request) -> httpx2.Response:
+        pending = self._rec.before(request)
+        try:
+            response = await self.inner.handle_async_request(request)
+            body = await response.aread()
+            await response.aclose()
+        except Exception as exc:
+            self._rec.after(pending, status_code=None, body=None, error=f"{type(exc).__name__}: {exc}")
+            raise
+        self._rec.after(
+            pending, status_code=response.status_code, body=body, error=None, headers=response.headers
+        )
+        return _rebuild(response, body, request)
+
+    async def aclose(self) -> None:
+        await self.inner.aclose()
+
+
+class DryRunTransport(httpx2.BaseTransport, httpx2.AsyncBaseTransport):
+    """Answers every request as the OpenAI API would, without any network."""
+
+    def __init__(self, options: SimOptions | None = None) -> None:
+        self.options = options or SimOptions()
+
+    def _answer(self, request: httpx2.Request) -> httpx2.Response:
+        info: CallInfo | None = current_call.get()
+        try:
+            payload = json.loads(request.read() or b"{}")
+        except ValueError:
+            return httpx2.Response(
+                400, json={"error": {"message": "invalid JSON body", "type": "invalid_request_error"}}
+            )
+        status, body = respond(
+            request.url.path,
+            payload,
+            options=self.options,
+            prompt_tokens=info.prompt_tokens if info else None,
+            input_tokens=info.input_tokens if info else None,
+        )
+        return httpx2.Response(status, json=body, headers={"x-docingest-dry-run": "true"}, request=request)
+
+    def handle_request(self, request: httpx2.Request) -> httpx2.Response:
+        return self._answer(request)
+
+    async def handle_async_request(self, request: httpx2.Request) -> httpx2.Response:
+        return self._answer(request)
