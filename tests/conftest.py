@@ -25,3 +25,60 @@ def _png(width: int, height: int) -> bytes:
 @pytest.fixture
 def make_png() -> Callable[[int, int], bytes]:
     return _png
+
+
+# -- no network: a socket to anything but loopback fails the test ------------------------------
+import ipaddress  # noqa: E402
+import socket  # noqa: E402
+
+CONNECTIONS: list[object] = []
+_real_connect = socket.socket.connect
+_real_connect_ex = socket.socket.connect_ex
+_real_getaddrinfo = socket.getaddrinfo
+
+
+def _is_loopback_host(host: object) -> bool:
+    if not isinstance(host, str):
+        return False
+    if host in ("localhost", "ip6-localhost"):
+        return True
+    try:
+        return ipaddress.ip_address(host.split("%")[0]).is_loopback
+    except ValueError:
+        return False
+
+
+def _check(sock: socket.socket, address: object) -> None:
+    CONNECTIONS.append(address)
+    if sock.family in (socket.AF_INET, socket.AF_INET6):
+        host = address[0] if isinstance(address, tuple) else address
+        if not _is_loopback_host(host):
+            raise RuntimeError(f"test opened a socket to non-loopback address {address!r}: tests run offline")
+
+
+def _guarded_connect(self: socket.socket, address: object) -> None:
+    _check(self, address)
+    _real_connect(self, address)  # type: ignore[arg-type]
+
+
+def _guarded_connect_ex(self: socket.socket, address: object) -> int:
+    _check(self, address)
+    return _real_connect_ex(self, address)  # type: ignore[arg-type]
+
+
+def _guarded_getaddrinfo(host: object, *args: object, **kwargs: object) -> object:
+    if host is not None and not _is_loopback_host(host if not isinstance(host, bytes) else host.decode()):
+        raise RuntimeError(f"test resolved non-loopback host {host!r}: tests run offline")
+    return _real_getaddrinfo(host, *args, **kwargs)  # type: ignore[arg-type]
+
+
+socket.socket.connect = _guarded_connect  # type: ignore[method-assign]
+socket.socket.connect_ex = _guarded_connect_ex  # type: ignore[method-assign]
+socket.getaddrinfo = _guarded_getaddrinfo  # type: ignore[assignment]
+
+
+@pytest.fixture
+def connections() -> Callable[[], list[object]]:
+    """A function listing the addresses connected to since the test began (loopback only)."""
+    start = len(CONNECTIONS)
+    return lambda: list(CONNECTIONS[start:])

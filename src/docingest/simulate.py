@@ -69,8 +69,13 @@ MAX_EMBEDDING_REQUEST_TOKENS = 300_000
 #: ``created`` timestamp of every simulated completion (2025-01-01T00:00:00Z), fixed for determinism.
 CREATED = 1_735_689_600
 
-_BIGRAM_WEIGHT = 0.5
+_BIGRAM_WEIGHT = 1.0
 _WORD = re.compile(r"\w+")
+#: Words too common to tell texts apart; left out of the vectors as search engines do.
+_STOPWORDS = frozenset(
+    "a an and are as at be by can do for from has have how i if in is it its of on or that the "
+    "this to was we were what when where which will with you your".split()
+)
 
 
 @dataclass(frozen=True)
@@ -501,12 +506,12 @@ def _mix(x: npt.NDArray[np.uint64]) -> npt.NDArray[np.uint64]:
 def embed_texts(texts: Sequence[str], dims: int) -> npt.NDArray[np.float32]:
     """Deterministic unit vectors for ``texts``, shape ``(len(texts), dims)``, float32.
 
-    Each lowercased word (weight 1) and word bigram (weight 0.5) is hashed to a column and a
-    sign; counts are damped with ``log1p`` and each row is L2-normalised. A text without words
-    gets a unit vector on a column chosen by the hash of the whole text.
+    Each lowercased word (weight 1) and word bigram (weight 1), stop words left out, is hashed
+    to a column and a sign; counts are damped with ``log1p`` and each row is L2-normalised.
+    A text without words gets a unit vector on a column chosen by the hash of the whole text.
     """
     n = len(texts)
-    per_text = [_WORD.findall(text.lower()) for text in texts]
+    per_text = [[w for w in _WORD.findall(text.lower()) if w not in _STOPWORDS] for text in texts]
     lengths = np.fromiter(map(len, per_text), dtype=np.int64, count=n)
     hashes = _word_hashes(list(itertools.chain.from_iterable(per_text)))
     rows = np.repeat(np.arange(n, dtype=np.int64), lengths)
