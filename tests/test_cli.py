@@ -1,0 +1,134 @@
+"""The command line: exit codes, messages, DRY_RUN, and the README kept in step with --help."""
+
+from __future__ import annotations
+
+import io
+import json
+import os
+import re
+from pathlib import Path
+
+import pytest
+from rich.console import Console
+
+from docingest.cli import build_parser, main
+from docingest.pipeline import env_dry_run
+
+ROOT = Path(__file__).resolve().parents[1]
+SAMPLE = ROOT / "examples" / "sample-docs"
+
+
+def _console() -> tuple[Console, io.StringIO]:
+    buf = io.StringIO()
+    return Console(file=buf, width=120), buf
+
+
+@pytest.fixture(autouse=True)
+def _no_credentials(monkeypatch: pytest.MonkeyPatch) -> None:
+    for name in ("OPENAI_API_KEY", "OPENAI_BASE_URL", "DRY_RUN"):
+        monkeypatch.delenv(name, raising=False)
+
+
+def test_dry_run_of_the_sample_docs_writes_report_and_ledger(tmp_path):
+    console, out = _console()
+    report = tmp_path / "r.json"
+    code = main(
+        ["ingest", str(SAMPLE), "--dry-run", "--report", str(report), "--db", str(tmp_path / "kb")],
+        console=console,
+    )
+    assert code == 0
+    data = json.loads(report.read_text())
+    assert data["run"]["dry_run"] is True
+    assert (tmp_path / "r.ledger.jsonl").exists()
+    assert not (tmp_path / "kb").exists()
+    text = out.getvalue()
+    assert "dry run (no API call made)" in text
+    assert f"{data['aggregated']['total_tokens_sent_to_chat_model']:,}" in text
+    skipped = {s["path"]: s["reason"] for s in data["skipped_files"]}
+    assert skipped["docs/package-lock.json"] == "lockfile"
+    assert skipped["docs/assets/logo.md"] == "binary"
+    assert skipped["docs/assets/app.min.js"] == "minified"
+
+
+@pytest.mark.parametrize("value", ["true", "TRUE", "1", "yes", " Yes "])
+def test_dry_run_env_true(value):
+    assert env_dry_run({"DRY_RUN": value}) is True
+
+
+@pytest.mark.parametrize("value", ["false", "0", "", "no", "on", "y"])
+def test_dry_run_env_false(value):
+    assert env_dry_run({"DRY_RUN": value}) is False
+
+
+def test_dry_run_from_the_environment_needs_no_key(tmp_path, monkeypatch):
+    monkeypatch.setenv("DRY_RUN", "yes")
+    console, _ = _console()
+    report = tmp_path / "r.json"
+    assert main(["ingest", str(SAMPLE), "--report", str(report)], console=console) == 0
+    assert json.loads(report.read_text())["run"]["dry_run"] is True
+
+
+def test_real_run_without_key_or_base_url_stops_at_once(tmp_path, capsys):
+    console, _ = _console()
+    report = tmp_path / "r.json"
+    code = main(["ingest", str(SAMPLE), "--report", str(report)], console=console)
+    assert code == 2
+    err = capsys.readouterr().err
+    for needle in ("OPENAI_API_KEY", "--base-url", "--dry-run"):
+        assert needle in err
+    assert not report.exists()
+    assert not (tmp_path / "r.ledger.jsonl").exists()
+
+
+def test_overlap_not_below_chunk_size_is_refused_before_any_work(tmp_path, capsys):
+    console, _ = _console()
+    report = tmp_path / "r.json"
+    argv = ["ingest", str(SAMPLE), "--dry-run", "--chunk-tokens", "100", "--overlap-tokens", "100"]
+    assert main([*argv, "--report", str(report)], console=console) == 2
+    err = capsys.readouterr().err
+    assert "--overlap-tokens (100) must be smaller than --chunk-tokens (100)" in err
+    assert not report.exists() and not (tmp_path / "r.ledger.jsonl").exists()
+
+
+def test_missing_source_is_a_clear_error(tmp_path, capsys):
+    console, _ = _console()
+    assert main(["ingest", str(tmp_path / "nope"), "--dry-run"], console=console) == 2
+    assert "does not exist" in capsys.readouterr().err
+
+
+def test_report_command_rebuilds_from_the_ledger(tmp_path):
+    console, _ = _console()
+    first = tmp_path / "r.json"
+    assert main(["ingest", str(SAMPLE), "--dry-run", "--report", str(first)], console=console) == 0
+    rebuilt = tmp_path / "again.json"
+    assert main(["report", str(tmp_path / "r.ledger.jsonl"), "--report", str(rebuilt)], console=console) == 0
+    a, b = json.loads(first.read_text()), json.loads(rebuilt.read_text())
+    assert a["aggregated"] == b["aggregated"]
+    assert a["files"] == b["files"]
+
+
+def test_report_of_a_missing_ledger_is_a_clear_error(tmp_path, capsys):
+    console, _ = _console()
+    assert main(["report", str(tmp_path / "none.jsonl")], console=console) == 2
+    assert "cannot read ledger" in capsys.readouterr().err
+
+
+def test_readme_documents_every_ingest_option():
+    readme = (ROOT / "README.md").read_text()
+    parser = build_parser()
+    sub = next(a for a in parser._actions if a.dest == "command")
+    ingest = sub.choices["ingest"]  # type: ignore[attr-defined]
+    flags = [s for a in ingest._actions for s in a.option_strings if s.startswith("--") and s != "--help"]
+    missing = [f for f in flags if not re.search(re.escape(f) + r"\b", readme)]
+    assert missing == []
+
+
+def test_no_api_key_ever_reaches_the_outputs(tmp_path, monkeypatch):
+    monkeypatch.setenv("OPENAI_API_KEY", "sk-very-secret-key-000")
+    console, out = _console()
+    report = tmp_path / "r.json"
+    assert main(["ingest", str(SAMPLE), "--dry-run", "--report", str(report)], console=console) == 0
+    for path in (report, tmp_path / "r.ledger.jsonl"):
+        assert "sk-very-secret-key-000" not in path.read_text()
+    assert "sk-very-secret-key-000" not in out.getvalue()
+    assert os.environ["OPENAI_API_KEY"] == "sk-very-secret-key-000"
