@@ -26,5 +26,9 @@ class LedgerError(DocingestError):
     """A ledger or report cannot be read."""
 
 
+class SchemaError(DocingestError):
+    """The database was written by a newer docingest, or is not a docingest knowledge base."""
+
+
 class BudgetExceeded(DocingestError):
     """The run would spend more than the budget allows."""

@@ -19,15 +19,11 @@ from __future__ import annotations
 import sqlite3
 from collections.abc import Callable, Sequence
 
-from docingest.errors import DocingestError
+from docingest.errors import SchemaError
 
 MigrationFunc = Callable[[sqlite3.Connection], None]
 
 MIGRATIONS: list[MigrationFunc] = []
-
-
-class SchemaError(DocingestError):
-    """The database was written by a newer docingest, or is not a docingest knowledge base."""
 
 
 def migration(func: MigrationFunc) -> MigrationFunc:

@@ -28,7 +28,7 @@ class Skipped:
 
     Reasons: ``binary``, ``too_large``, ``lockfile``, ``generated``, ``minified``,
     ``dot_directory``, ``symlink_outside``, ``symlink_loop``, ``symlink_broken``,
-    ``excluded``, ``not_selected``, ``unreadable``, ``empty``.
+    ``symlink_directory``, ``excluded``, ``unreadable``, ``empty``.
     """
 
     path: str
