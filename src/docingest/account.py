@@ -145,7 +145,13 @@ class StatsCollector:
         self.files: dict[str, _FileStats] = {}
         self.skipped: list[dict[str, Any]] = []
         self.by_type: dict[str, _TypeStats] = defaultdict(_TypeStats)
-        self.unattributed: dict[str, Any] = {"calls": 0, "tokens_sent": 0, "by_site": Counter()}
+        self.unattributed: dict[str, Any] = {
+            "calls": 0,
+            "tokens_sent": 0,
+            "by_site": Counter(),
+            "by_template": Counter(),
+        }
+        self._listeners: list[Callable[[Mapping[str, Any]], None]] = []
         self.total_calls = 0
         self.total_ok = 0
         self.total_failed = 0
@@ -192,6 +198,22 @@ class StatsCollector:
             if self._writer is not None:
                 self._writer.write(record)
             self._fold(record)
+            listeners = tuple(self._listeners)
+        for listener in listeners:
+            listener(record)
+
+    def subscribe(self, listener: Callable[[Mapping[str, Any]], None]) -> Callable[[], None]:
+        """Call ``listener`` with every record from now on (after it is written and folded);
+        returns a function that unsubscribes it. Listeners run in the recording thread."""
+        with self._lock:
+            self._listeners.append(listener)
+
+        def unsubscribe() -> None:
+            with self._lock:
+                if listener in self._listeners:
+                    self._listeners.remove(listener)
+
+        return unsubscribe
 
     def record_skip(self, path: str, reason: str, detail: str = "", size: int | None = None) -> None:
         self.record({"type": "skip", "path": path, "reason": reason, "detail": detail, "size": size})
@@ -319,6 +341,8 @@ class StatsCollector:
             self.unattributed["calls"] += 0 if r.get("chunks") else 1
             self.unattributed["tokens_sent"] += rest
             self.unattributed["by_site"][r.get("site") or "unknown"] += rest
+            if r.get("template"):
+                self.unattributed["by_template"][r["template"]] += rest
 
     # -- views ---------------------------------------------------------------------------------
     def chunk_view(self, cs: _ChunkStats) -> dict[str, Any]:
@@ -403,6 +427,7 @@ class StatsCollector:
                     "calls": self.unattributed["calls"],
                     "tokens_sent": self.unattributed["tokens_sent"],
                     "by_site": dict(self.unattributed["by_site"]),
+                    "by_template": dict(self.unattributed["by_template"]),
                 },
                 "wall_time_s": self._wall_time(),
             }

@@ -57,6 +57,12 @@ def build_parser() -> argparse.ArgumentParser:
     ing.add_argument("--max-retries", type=int, default=4)
     ing.add_argument("--timeout", type=float, default=60.0, help="seconds per HTTP request")
     ing.add_argument("--embedding-batch", type=int, default=256, help="inputs per embeddings request")
+    ing.add_argument(
+        "--otel",
+        action="store_true",
+        help="export each call as an OpenTelemetry span to OTEL_EXPORTER_OTLP_ENDPOINT "
+        "(automatic when that is set and the otel extra is installed)",
+    )
 
     q = sub.add_parser("query", help="search the knowledge base")
     q.add_argument("text")
@@ -64,6 +70,29 @@ def build_parser() -> argparse.ArgumentParser:
     q.add_argument("-k", type=int, default=5)
     q.add_argument("--embedding-model", default="text-embedding-3-small")
     q.add_argument("--base-url")
+
+    tr = sub.add_parser(
+        "trace",
+        help="run a Python command unchanged, recording every OpenAI SDK call it makes",
+        description="Run COMMAND with every OpenAI SDK client in it recorded (an import hook, no "
+        "change to its files), then write the ledger and the report, also when it fails.",
+    )
+    tr.add_argument(
+        "--dry-run",
+        action="store_true",
+        help="make no API call: the transport answers as the API would (also DRY_RUN=true)",
+    )
+    _add_output_args(tr)
+    tr.add_argument(
+        "--ledger", type=Path, metavar="PATH.jsonl", help="ledger path (default: beside the report)"
+    )
+    tr.add_argument(
+        "--otel",
+        action="store_true",
+        help="export each call as an OpenTelemetry span to OTEL_EXPORTER_OTLP_ENDPOINT "
+        "(automatic when that is set and the otel extra is installed)",
+    )
+    tr.add_argument("argv", nargs=argparse.REMAINDER, metavar="-- COMMAND ...")
 
     rep = sub.add_parser("report", help="rebuild a report from one or more ledgers")
     rep.add_argument("ledgers", type=Path, nargs="+", metavar="LEDGER.jsonl")
@@ -109,6 +138,9 @@ def _ingest(args: argparse.Namespace, console: Console) -> int:
             return 130
     report = build_report(result.stats)
     write_report(report, result.report_path)
+    from docingest.otel import export_if_enabled
+
+    export_if_enabled(result.ledger_path, explicit=args.otel)
     if args.html:
         from docingest.html import write_html
 
@@ -157,11 +189,33 @@ def _report(args: argparse.Namespace, console: Console) -> int:
     return 0
 
 
+def _trace(args: argparse.Namespace, console: Console) -> int:
+    from docingest.console import print_summary
+    from docingest.pipeline import env_dry_run
+    from docingest.trace import trace_command
+
+    command = args.argv[1:] if args.argv[:1] == ["--"] else args.argv
+    result = trace_command(
+        command, dry_run=args.dry_run or env_dry_run(), report=args.report, ledger=args.ledger, html=args.html
+    )
+    from docingest.otel import export_if_enabled
+
+    export_if_enabled(result.ledger_path, explicit=args.otel)
+    if result.status != "completed":
+        console.print(
+            f"the command {result.status} (exit code {result.exit_code}); the ledger keeps "
+            "every call it made",
+            highlight=False,
+        )
+    print_summary(console, result.report, report_path=result.report_path, ledger_path=result.ledger_path)
+    return result.exit_code
+
+
 def main(argv: Sequence[str] | None = None, *, console: Console | None = None) -> int:
     args = build_parser().parse_args(argv)
     out = console or Console(stderr=False)
     err = Console(stderr=True)
-    handlers: dict[str, Any] = {"ingest": _ingest, "query": _query, "report": _report}
+    handlers: dict[str, Any] = {"ingest": _ingest, "query": _query, "report": _report, "trace": _trace}
     try:
         code: int = handlers[args.command](args, out)
     except DocingestError as exc:

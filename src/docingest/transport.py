@@ -11,7 +11,10 @@ from __future__ import annotations
 
 import json
 import os
+import re
+import site
 import sys
+import sysconfig
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
@@ -37,7 +40,7 @@ _SKIP_FRAMES = (
     os.sep + "contextlib.py",
     os.sep + "docingest" + os.sep,
     os.sep + "langchain",
-    os.sep + "llama_index" + os.sep,
+    os.sep + "llama_index",
     os.sep + "tenacity" + os.sep,
     os.sep + "pydantic" + os.sep,
     "<frozen ",
@@ -52,17 +55,83 @@ def call_type_for(path: str) -> str:
     return path.rstrip("/").rsplit("/", 1)[-1] or "unknown"
 
 
+def _library_dirs() -> tuple[str, ...]:
+    paths = sysconfig.get_paths()
+    dirs = {paths[k] for k in ("stdlib", "platstdlib", "purelib", "platlib") if paths.get(k)}
+    dirs.update(site.getsitepackages() if hasattr(site, "getsitepackages") else ())
+    dirs.add(os.path.dirname(os.path.abspath(__file__)))  # docingest itself
+    return tuple(os.path.join(os.path.abspath(d), "") for d in dirs)
+
+
+_LIBRARY_DIRS = _library_dirs()
+
+
+def _short(filename: str) -> str:
+    """Relative to the working directory when below it, else absolute."""
+    relative = os.path.relpath(filename)
+    return os.path.abspath(filename) if relative.startswith(os.pardir) else relative
+
+
 def caller_site() -> str | None:
-    """file:line of the first frame outside the SDK, HTTP stack and docingest."""
+    """file:line of the frame that called the SDK: the first frame of the user's own code
+    (outside the standard library, installed packages and docingest); failing that (a call made
+    from a framework's worker thread), the first frame outside the SDK and the HTTP stack."""
     frame = sys._getframe(1)
+    fallback: str | None = None
     while frame is not None:
         filename = frame.f_code.co_filename
         if not any(part in filename for part in _SKIP_FRAMES):
-            return (
-                f"{os.path.relpath(filename) if not filename.startswith('<') else filename}:{frame.f_lineno}"
-            )
+            special = filename.startswith("<")
+            where = f"{filename if special else _short(filename)}:{frame.f_lineno}"
+            if not special and not os.path.abspath(filename).startswith(_LIBRARY_DIRS):
+                return where
+            fallback = fallback or where
         frame = frame.f_back  # type: ignore[assignment]
-    return None
+    return fallback
+
+
+_MASKS = (
+    (re.compile(r"https?://\S+"), "<url>"),
+    (re.compile(r"\"[^\"\n]*\"|'[^'\n]*'|`[^`\n]*`"), "<str>"),
+    (
+        re.compile(r"[\w.-]*[/\\][\w./\\-]+|\b[\w-]+\.(?:md|mdx|rst|txt|py|ipynb|json|ya?ml|html?)\b"),
+        "<path>",
+    ),
+    (re.compile(r"\d+(?:[.,]\d+)*"), "<n>"),
+    (re.compile(r"\s+"), " "),
+)
+TEMPLATE_PREFIX = 60
+
+
+def prompt_template(call_type: str, payload: Mapping[str, Any]) -> str | None:
+    """The request's prompt with its varying parts removed, to group calls that no chunk claims.
+
+    For chat, each message gives ``role: first line``, cut at 60 characters, with URLs, quoted
+    strings, paths and numbers masked; the text past the first line (usually the document) is
+    dropped. Embeddings have no template beyond the model. Two calls built from the same
+    f-string usually share a template; different steps of a pipeline usually do not.
+    """
+    model = payload.get("model")
+    if call_type == "create_embedding":
+        return f"embeddings {model}"
+    messages = payload.get("messages")
+    if not isinstance(messages, list):
+        return None
+    parts: list[str] = []
+    for message in messages:
+        if not isinstance(message, Mapping):
+            continue
+        content = message.get("content")
+        if isinstance(content, list):  # content parts: the text ones
+            content = " ".join(str(p.get("text", "")) for p in content if isinstance(p, Mapping))
+        text = str(content or "").strip().split("\n", 1)[0]
+        for pattern, mask in _MASKS:
+            text = pattern.sub(mask, text)
+        text = text.strip()
+        if len(text) > TEMPLATE_PREFIX:
+            text = text[:TEMPLATE_PREFIX].rstrip() + "…"
+        parts.append(f"{message.get('role', '?')}: {text}")
+    return " | ".join(parts) or None
 
 
 class Counters:
@@ -90,6 +159,7 @@ class _Pending:
     max_tokens: int | None
     inputs: int | None
     t0: float
+    template: str | None = None
 
 
 class _Recorder:
@@ -101,6 +171,7 @@ class _Recorder:
     def before(self, request: httpx2.Request) -> _Pending:
         info = current_call.get()
         inputs: int | None = None
+        payload: dict[str, Any] = {}
         if info is not None and info.prompt_tokens is not None:
             # the planner counted already: no need to parse a body that may be megabytes long
             call_type, model, prompt_tokens = info.call_type, info.model, info.prompt_tokens
@@ -120,12 +191,14 @@ class _Recorder:
                 )
         chunks = list(info.chunks) if info and info.chunks else []
         site = info.site if info else None
+        template: str | None = None
         if not chunks:
             where = current_chunk.get()
             if where is not None:
                 chunks = [ChunkShare(where[0], where[1], prompt_tokens)]
-            elif site is None:
-                site = caller_site()
+            else:
+                site = site or caller_site()
+                template = prompt_template(call_type, payload) if info is None else None
         return _Pending(
             call_type=call_type,
             model=model,
@@ -136,6 +209,7 @@ class _Recorder:
             max_tokens=max_tokens if isinstance(max_tokens, int) else None,
             inputs=inputs,
             t0=self.clock(),
+            template=template,
         )
 
     def _count(self, call_type: str, payload: Mapping[str, Any], model: str) -> int:
@@ -205,6 +279,8 @@ class _Recorder:
             record["inputs"] = pending.inputs
         if pending.site:
             record["site"] = pending.site
+        if pending.template:
+            record["template"] = pending.template
         if error:
             record["error_details"] = error
         if headers is not None and "retry-after" in headers:
@@ -315,6 +391,28 @@ class AsyncRecordingTransport(httpx2.AsyncBaseTransport):
         await self.inner.aclose()
 
 
+def simulated_response(request: Any, options: SimOptions) -> Any:
+    """What the API would answer ``request``, as a response of the request's own HTTP library
+    (``httpx2``, or ``httpx`` for clients built on it: both have the same API)."""
+    info: CallInfo | None = current_call.get()
+    http = sys.modules[type(request).__module__.split(".", 1)[0]]
+    try:
+        payload = json.loads(request.read() or b"{}")
+    except ValueError:
+        payload = None
+    if not isinstance(payload, dict):
+        error = {"error": {"message": "invalid JSON body", "type": "invalid_request_error"}}
+        return http.Response(400, json=error, request=request)
+    status, body = respond(
+        request.url.path,
+        payload,
+        options=options,
+        prompt_tokens=info.prompt_tokens if info else None,
+        input_tokens=info.input_tokens if info else None,
+    )
+    return http.Response(status, json=body, headers={"x-docingest-dry-run": "true"}, request=request)
+
+
 class DryRunTransport(httpx2.BaseTransport, httpx2.AsyncBaseTransport):
     """Answers every request as the OpenAI API would, without any network."""
 
@@ -322,21 +420,8 @@ class DryRunTransport(httpx2.BaseTransport, httpx2.AsyncBaseTransport):
         self.options = options or SimOptions()
 
     def _answer(self, request: httpx2.Request) -> httpx2.Response:
-        info: CallInfo | None = current_call.get()
-        try:
-            payload = json.loads(request.read() or b"{}")
-        except ValueError:
-            return httpx2.Response(
-                400, json={"error": {"message": "invalid JSON body", "type": "invalid_request_error"}}
-            )
-        status, body = respond(
-            request.url.path,
-            payload,
-            options=self.options,
-            prompt_tokens=info.prompt_tokens if info else None,
-            input_tokens=info.input_tokens if info else None,
-        )
-        return httpx2.Response(status, json=body, headers={"x-docingest-dry-run": "true"}, request=request)
+        response: httpx2.Response = simulated_response(request, self.options)
+        return response
 
     def handle_request(self, request: httpx2.Request) -> httpx2.Response:
         return self._answer(request)

@@ -1,0 +1,1 @@
+"""Files put first on a traced command's PYTHONPATH (see ``docingest.trace``)."""
