@@ -66,6 +66,7 @@ current_chunk: contextvars.ContextVar[tuple[str, int] | None] = contextvars.Cont
 class _ChunkStats:
     raw_chunk_tokens: int | None = None
     sha256: str | None = None
+    preview: str | None = None
     calls: list[dict[str, Any]] = field(default_factory=list)
     cache_hits: int = 0
     tokens_saved: int = 0
@@ -88,6 +89,8 @@ class _TypeStats:
     failed_tokens_sent: int = 0
     billed_prompt_tokens: int | None = None
     billed_completion_tokens: int | None = None
+    billed_cached_tokens: int | None = None
+    tokens_sent_with_usage: int = 0  # our count of the calls whose response carried ``usage``
     latencies: list[float] = field(default_factory=list)
 
     def as_dict(self) -> dict[str, Any]:
@@ -101,6 +104,8 @@ class _TypeStats:
             "failed_tokens_sent": self.failed_tokens_sent,
             "billed_prompt_tokens": self.billed_prompt_tokens,
             "billed_completion_tokens": self.billed_completion_tokens,
+            "billed_cached_tokens": self.billed_cached_tokens,
+            "tokens_sent_with_usage": self.tokens_sent_with_usage,
             "latency_s": {
                 "p50": _quantile(lat, 0.5),
                 "p95": _quantile(lat, 0.95),
@@ -215,19 +220,45 @@ class StatsCollector:
 
         return unsubscribe
 
-    def record_skip(self, path: str, reason: str, detail: str = "", size: int | None = None) -> None:
-        self.record({"type": "skip", "path": path, "reason": reason, "detail": detail, "size": size})
+    def record_skip(
+        self,
+        path: str,
+        reason: str,
+        detail: str = "",
+        size: int | None = None,
+        *,
+        source_tokens: int | None = None,
+    ) -> None:
+        record: dict[str, Any] = {
+            "type": "skip",
+            "path": path,
+            "reason": reason,
+            "detail": detail,
+            "size": size,
+        }
+        if source_tokens is not None:
+            record["source_tokens"] = source_tokens
+        self.record(record)
 
-    def record_chunk(self, path: str, index: int, raw_chunk_tokens: int, sha256: str | None = None) -> None:
-        self.record(
-            {
-                "type": "chunk",
-                "path": path,
-                "index": index,
-                "raw_chunk_tokens": raw_chunk_tokens,
-                "sha256": sha256,
-            }
-        )
+    def record_chunk(
+        self,
+        path: str,
+        index: int,
+        raw_chunk_tokens: int,
+        sha256: str | None = None,
+        *,
+        preview: str | None = None,
+    ) -> None:
+        record: dict[str, Any] = {
+            "type": "chunk",
+            "path": path,
+            "index": index,
+            "raw_chunk_tokens": raw_chunk_tokens,
+            "sha256": sha256,
+        }
+        if preview is not None:
+            record["preview"] = preview
+        self.record(record)
 
     @contextmanager
     def chunk(
@@ -271,6 +302,7 @@ class StatsCollector:
             cs = self._chunk(r["path"], int(r["index"]))
             cs.raw_chunk_tokens = r["raw_chunk_tokens"]
             cs.sha256 = r.get("sha256")
+            cs.preview = r.get("preview")
         elif kind == "file":
             self._file(r["path"]).info.update({k: v for k, v in r.items() if k not in ("type", "path")})
         elif kind == "skip":
@@ -312,6 +344,9 @@ class StatsCollector:
         ts.billed_completion_tokens = _add_optional(
             ts.billed_completion_tokens, billed.get("completion_tokens")
         )
+        ts.billed_cached_tokens = _add_optional(ts.billed_cached_tokens, billed.get("cached_tokens"))
+        if billed.get("prompt_tokens") is not None:
+            ts.tokens_sent_with_usage += tokens
         if r.get("latency_s") is not None:
             ts.latencies.append(float(r["latency_s"]))
             end = float(r.get("t_s") or 0.0) + float(r["latency_s"])
@@ -333,6 +368,9 @@ class StatsCollector:
                 "attempt": r.get("attempt", 0),
                 "http_status": r.get("http_status"),
             }
+            if r.get("latency_s") is not None:
+                detail["t_s"] = r.get("t_s")
+                detail["latency_s"] = r["latency_s"]
             if r.get("error_details"):
                 detail["error_details"] = r["error_details"]
             self._chunk(path, int(index)).calls.append(detail)
@@ -355,6 +393,10 @@ class StatsCollector:
             "total_tokens_sent_to_apis": sum(c["prompt_tokens"] for c in cs.calls),
             "call_details": cs.calls,
         }
+        if cs.sha256 is not None:
+            view["sha256"] = cs.sha256
+        if cs.preview is not None:
+            view["preview"] = cs.preview
         if cs.cache_hits:
             view["cache_hits"] = cs.cache_hits
             view["tokens_saved"] = cs.tokens_saved

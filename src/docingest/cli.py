@@ -21,6 +21,16 @@ def _add_output_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--html", type=Path, metavar="PATH.html", help="write a self-contained HTML report here")
 
 
+def _add_price_arg(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "--price-file",
+        type=Path,
+        metavar="PRICES.json",
+        help="JSON prices overriding genai-prices, USD per million tokens: "
+        '{"model": {"input": 0.15, "cached_input": 0.075, "output": 0.6}}',
+    )
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="docingest",
@@ -57,6 +67,7 @@ def build_parser() -> argparse.ArgumentParser:
     ing.add_argument("--max-retries", type=int, default=4)
     ing.add_argument("--timeout", type=float, default=60.0, help="seconds per HTTP request")
     ing.add_argument("--embedding-batch", type=int, default=256, help="inputs per embeddings request")
+    _add_price_arg(ing)
     ing.add_argument(
         "--otel",
         action="store_true",
@@ -97,11 +108,30 @@ def build_parser() -> argparse.ArgumentParser:
     rep = sub.add_parser("report", help="rebuild a report from one or more ledgers")
     rep.add_argument("ledgers", type=Path, nargs="+", metavar="LEDGER.jsonl")
     _add_output_args(rep)
+    _add_price_arg(rep)
+
+    ana = sub.add_parser(
+        "analyze",
+        help="explain where the tokens of a run went (several runs: how they grow with size)",
+        description="Print the waterfall, cost and findings of each run; with several runs, also how "
+        "tokens and calls grow with repository size.",
+    )
+    ana.add_argument("runs", type=Path, nargs="+", metavar="REPORT.json|LEDGER.jsonl")
+    _add_output_args(ana)
+    _add_price_arg(ana)
+
+    cmp = sub.add_parser("compare", help="two runs side by side: totals, cost, files that changed most")
+    cmp.add_argument("before", type=Path, metavar="BEFORE")
+    cmp.add_argument("after", type=Path, metavar="AFTER")
+    cmp.add_argument("--top", type=int, default=15, help="files to list")
+    cmp.add_argument("--json", type=Path, metavar="PATH.json", help="write the comparison here")
+    _add_price_arg(cmp)
     return parser
 
 
 def _ingest(args: argparse.Namespace, console: Console) -> int:
     from docingest.console import ProgressView, print_summary
+    from docingest.cost import PriceTable
     from docingest.pipeline import IngestConfig, aingest, env_dry_run
     from docingest.report import build_report, write_report
 
@@ -136,7 +166,7 @@ def _ingest(args: argparse.Namespace, console: Console) -> int:
                 "interrupted: the ledger keeps every call made so far; run the same command to go on"
             )
             return 130
-    report = build_report(result.stats)
+    report = build_report(result.stats, prices=PriceTable.from_file(args.price_file))
     write_report(report, result.report_path)
     from docingest.otel import export_if_enabled
 
@@ -175,10 +205,11 @@ def _query(args: argparse.Namespace, console: Console) -> int:
 def _report(args: argparse.Namespace, console: Console) -> int:
     from docingest.account import StatsCollector
     from docingest.console import print_summary
+    from docingest.cost import PriceTable
     from docingest.report import build_report, write_report
 
     stats = StatsCollector.from_ledger(*args.ledgers)
-    report = build_report(stats)
+    report = build_report(stats, prices=PriceTable.from_file(args.price_file))
     if args.report:
         write_report(report, args.report)
     if args.html:
@@ -211,11 +242,55 @@ def _trace(args: argparse.Namespace, console: Console) -> int:
     return result.exit_code
 
 
+def _analyze(args: argparse.Namespace, console: Console) -> int:
+    from docingest.analyse import analyse_runs, load_run
+    from docingest.console import print_runs, print_summary
+    from docingest.cost import PriceTable
+    from docingest.report import write_report
+
+    prices = PriceTable.from_file(args.price_file)
+    reports = [load_run(path, prices=prices) for path in args.runs]
+    for path, report in zip(args.runs, reports, strict=True):
+        console.print(f"== {path}", highlight=False, markup=False)
+        print_summary(console, report)
+    if len(reports) > 1:
+        print_runs(console, analyse_runs(reports, [str(p) for p in args.runs]))
+    if args.report:
+        write_report(reports[-1], args.report)
+    if args.html:
+        from docingest.html import write_html
+
+        write_html(reports[-1], args.html)
+    return 0
+
+
+def _compare(args: argparse.Namespace, console: Console) -> int:
+    from docingest.analyse import load_run
+    from docingest.compare import compare
+    from docingest.console import print_compare
+    from docingest.cost import PriceTable
+    from docingest.report import write_report
+
+    prices = PriceTable.from_file(args.price_file)
+    result = compare(load_run(args.before, prices=prices), load_run(args.after, prices=prices), top=args.top)
+    print_compare(console, result)
+    if args.json:
+        write_report(result, args.json)
+    return 0
+
+
 def main(argv: Sequence[str] | None = None, *, console: Console | None = None) -> int:
     args = build_parser().parse_args(argv)
     out = console or Console(stderr=False)
     err = Console(stderr=True)
-    handlers: dict[str, Any] = {"ingest": _ingest, "query": _query, "report": _report, "trace": _trace}
+    handlers: dict[str, Any] = {
+        "ingest": _ingest,
+        "query": _query,
+        "report": _report,
+        "analyze": _analyze,
+        "compare": _compare,
+        "trace": _trace,
+    }
     try:
         code: int = handlers[args.command](args, out)
     except DocingestError as exc:

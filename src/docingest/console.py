@@ -16,6 +16,7 @@ from rich.progress import (
     TimeRemainingColumn,
 )
 from rich.table import Table
+from rich.text import Text
 
 from docingest.account import StatsCollector
 from docingest.pipeline import Progress as RunProgress
@@ -145,9 +146,122 @@ def print_summary(
         console.print(
             "skipped: " + ", ".join(f"{n} {r}" for r, n in sorted(reasons.items())), highlight=False
         )
-    for finding in report.get("findings") or []:
-        console.print(f"[bold]{finding['severity']}[/bold] {finding['code']}: {finding.get('summary', '')}")
+    print_analysis(console, report)
     if report_path is not None:
         console.print(f"report: {report_path}", highlight=False)
     if ledger_path is not None:
         console.print(f"ledger: {ledger_path}", highlight=False)
+
+
+def _usd(value: Any) -> str:
+    return "unknown" if value is None else f"${value:,.4f}"
+
+
+def waterfall_table(report: dict[str, Any]) -> Table:
+    table = Table(title="where the tokens go", title_justify="left", show_header=False)
+    table.add_column("step")
+    table.add_column("tokens", justify="right")
+    table.add_column("running", justify="right")
+    for step in report["waterfall"]["steps"]:
+        bold = step["kind"] != "delta"
+        tokens = f"{step['tokens']:,}" if bold else f"{step['tokens']:+,}"
+        table.add_row(
+            Text(step["label"], style="bold" if bold else ""),
+            Text(tokens, style="bold" if bold else ""),
+            Text(f"{step['running']:,}", style="dim"),
+        )
+    return table
+
+
+def print_analysis(console: Console, report: dict[str, Any]) -> None:
+    """The waterfall, the cost and the findings (with their fixes)."""
+    if report.get("waterfall"):
+        console.print(waterfall_table(report))
+    cost = report.get("cost")
+    if cost:
+        parts = [
+            f"{ct} {_usd(c['total_usd'])} ({c['model']})"
+            + (" output estimated" if c["output_estimated"] else "")
+            for ct, c in cost["by_call_type"].items()
+        ]
+        unknown = f"; unknown price for {', '.join(cost['unknown_models'])}" if cost["unknown_models"] else ""
+        console.print(
+            f"estimated cost: {_usd(cost['total_usd'])} = " + " + ".join(parts) + unknown, highlight=False
+        )
+    fit = (report.get("scaling") or {}).get("fit")
+    if fit:
+        console.print(
+            f"scaling: tokens sent per file ~ document tokens^{fit['exponent']:.2f} "
+            f"(± {fit['stderr'] or 0:.2f}, {fit['points']} files, {report['scaling'].get('growth')})",
+            highlight=False,
+        )
+    for finding in report.get("findings") or []:
+        style = {"high": "bold red", "medium": "yellow", "low": "cyan"}.get(finding["severity"], "dim")
+        line = Text()
+        line.append(f"{finding['severity']:<6} ", style=style)
+        line.append(finding["code"], style="bold")
+        if finding.get("tokens") is not None:
+            line.append(f"  {finding['tokens']:,} tokens, {_usd(finding.get('cost_usd'))}")
+        console.print(line)
+        console.print(Text("  " + finding.get("summary", "")))
+        if finding.get("fix"):
+            console.print(Text("  fix: " + finding["fix"], style="green"))
+
+
+def print_compare(console: Console, result: dict[str, Any]) -> None:
+    table = Table(title="before -> after", title_justify="left")
+    for name, justify in (("figure", "left"), ("before", "right"), ("after", "right"), ("change", "right")):
+        table.add_column(name, justify=justify)  # type: ignore[arg-type]
+    for row in result["totals"]:
+        change = ""
+        if row["ratio"] is not None:
+            change = f"{row['ratio']:.2f}x"
+        elif row["delta"] is not None:
+            change = _fmt(row["delta"])
+        table.add_row(row["label"], _fmt(row["before"]), _fmt(row["after"]), change)
+    console.print(table)
+    if result["config_changes"]:
+        console.print(
+            Text(
+                "settings: " + ", ".join(f"{k} {a} -> {b}" for k, (a, b) in result["config_changes"].items())
+            )
+        )
+    files = Table(
+        title=f"files whose tokens changed most ({result['files_changed']:,} changed)", title_justify="left"
+    )
+    for name in ("file", "before", "after", "change"):
+        files.add_column(name, justify="left" if name == "file" else "right")
+    for f in result["files"]:
+        files.add_row(Text(f["path"]), _fmt(f["before"]), _fmt(f["after"]), f"{f['delta']:+,}")
+    console.print(files)
+    for label, key in (
+        ("resolved", "findings_resolved"),
+        ("new", "findings_new"),
+        ("still there", "findings_kept"),
+    ):
+        if result[key]:
+            console.print(Text(f"findings {label}: {', '.join(result[key])}"))
+
+
+def print_runs(console: Console, runs: dict[str, Any]) -> None:
+    table = Table(title="growth with repository size", title_justify="left")
+    for name in ("run", "document tokens", "chunks", "tokens sent", "calls", "sent / document token"):
+        table.add_column(name, justify="left" if name == "run" else "right")
+    for row in runs["runs"]:
+        table.add_row(
+            Text(row["name"]),
+            _fmt(row["document_tokens"]),
+            _fmt(row["chunks"]),
+            _fmt(row["tokens_sent"]),
+            _fmt(row["calls"]),
+            _fmt(row["tokens_per_document_token"]),
+        )
+    console.print(table)
+    for key, label in (("tokens_vs_size", "tokens sent"), ("calls_vs_size", "API calls")):
+        fit = runs.get(key)
+        if fit:
+            spread = f" ± {fit['stderr']:.2f}" if fit.get("stderr") is not None else ""
+            console.print(
+                f"{label} grow as repository size^{fit['exponent']:.2f}{spread} ({fit['growth']})",
+                highlight=False,
+            )

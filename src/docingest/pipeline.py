@@ -38,6 +38,14 @@ from docingest.tokens import encoding_name_for_model
 from docingest.transport import Counters
 
 TRUE_VALUES = {"1", "true", "yes"}
+#: Skip reasons whose files a naive pipeline would have sent: their tokens are counted as avoided.
+AVOIDED_REASONS = frozenset({"lockfile", "minified", "generated"})
+
+
+def chunk_preview(text: str, chars: int = 100) -> str:
+    """The start of a chunk, whitespace collapsed: enough to recognise it in a report."""
+    flat = " ".join(text.split())
+    return flat if len(flat) <= chars else flat[: chars - 1] + "\u2026"
 
 
 def env_dry_run(environ: Any = os.environ) -> bool:
@@ -170,6 +178,18 @@ class _Run:
             settings, stats, counters=self.counters, transport=transport, sim_options=sim_options
         )
         self.executor = Executor(client, settings)
+        # The same plan under each --context mode: the report can say what another mode costs.
+        self.alt_planners = {
+            mode: Planner(
+                self.chat_counter,
+                self.embedding_counter,
+                chat_model=config.chat_model,
+                embedding_model=config.embedding_model,
+                context=mode,
+                summary_tokens=config.summary_tokens,
+            )
+            for mode in CONTEXT_MODES
+        }
         self.kb: KnowledgeBase | None = None if config.dry_run else KnowledgeBase(config.db)
         self.progress = Progress()
         self.on_progress = on_progress
@@ -187,10 +207,22 @@ class _Run:
             max_file_bytes=self.config.max_file_bytes,
         ):
             if isinstance(item, Skipped):
-                self.stats.record_skip(item.path, item.reason, item.detail, item.size)
+                self.stats.record_skip(
+                    item.path, item.reason, item.detail, item.size, source_tokens=self._avoided_tokens(item)
+                )
             else:
                 files.append(item)
         return files
+
+    def _avoided_tokens(self, item: Skipped) -> int | None:
+        """Tokens of a generated file that was skipped (what a naive run would have sent), if cheap."""
+        if item.reason not in AVOIDED_REASONS or item.size is None or item.size > self.config.max_file_bytes:
+            return None
+        try:
+            data = (self.config.source / item.path).read_bytes()
+        except OSError:
+            return None
+        return self.chat_counter.count(data.decode("utf-8", errors="replace"))
 
     def _load(self, file: SourceFile) -> Document | None:
         try:
@@ -206,22 +238,34 @@ class _Run:
         dropped: Counter[str] = Counter()
         for part in doc.dropped:
             dropped[part.category] += count(part.text)
-        self.stats.record(
-            {
-                "type": "file",
-                "path": doc.path,
-                "kind": doc.kind,
-                "size": file.size,
-                "sha256": doc.sha256,
-                "source_tokens": source_tokens,
-                "document_tokens": document_tokens,
-                "dropped_tokens": dict(dropped),
-                "notes": list(doc.notes),
-                "metadata": doc.metadata,
-            }
-        )
+        record: dict[str, Any] = {
+            "type": "file",
+            "path": doc.path,
+            "kind": doc.kind,
+            "size": file.size,
+            "sha256": doc.sha256,
+            "source_tokens": source_tokens,
+            "document_tokens": document_tokens,
+            "dropped_tokens": dict(dropped),
+            "notes": list(doc.notes),
+            # The summaries' prompt tokens under each --context mode (the run's own is one of them).
+            "chat_plan_tokens": {
+                mode: sum(r.prompt_tokens for r in planner.summaries(doc, chunks))
+                for mode, planner in self.alt_planners.items()
+            },
+            "metadata": doc.metadata,
+        }
+        if self.config.loader == "raw" and file.kind in ("markdown", "notebook"):
+            # What the smart loader would have kept out: the non-text payload this run sends.
+            smart = load(file, mode="smart")
+            payload: Counter[str] = Counter()
+            for part in smart.dropped:
+                payload[part.category] += count(part.text)
+            record["payload_tokens"] = dict(payload)
+            record["smart_document_tokens"] = count(smart.text)
+        self.stats.record(record)
         for c in chunks:
-            self.stats.record_chunk(c.path, c.index, c.tokens, c.sha256)
+            self.stats.record_chunk(c.path, c.index, c.tokens, c.sha256, preview=chunk_preview(c.text))
         return source_tokens, document_tokens
 
     async def _spawn(self, work: Awaitable[None]) -> None:

@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import Any
 
 from docingest.account import StatsCollector
+from docingest.cost import PriceTable
 from docingest.errors import LedgerError
 
 
@@ -41,12 +42,11 @@ def atomic_write_text(path: Path, text: str) -> None:
         raise
 
 
-def build_report(stats: StatsCollector) -> dict[str, Any]:
-    from docingest.analyse import findings_for
+def build_report(stats: StatsCollector, *, prices: PriceTable | None = None) -> dict[str, Any]:
+    """The report with its analysis (waterfall, findings, scaling, latency, cost)."""
+    from docingest.analyse import apply_analysis
 
-    report = stats.report()
-    report["findings"] = findings_for(report)
-    return report
+    return apply_analysis(stats.report(), prices=prices)
 
 
 def write_report(report: dict[str, Any], path: Path) -> None:

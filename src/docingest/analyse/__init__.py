@@ -1,0 +1,69 @@
+"""Analysis: where the tokens of a run went, and why.
+
+``analyse(report)`` returns the sections a report carries beside its counts: ``waterfall`` (from
+source tokens to tokens sent, summing exactly), ``findings`` (causes with tokens, cost, evidence
+and a fix), ``scaling`` (tokens sent per file vs document tokens, log-log), ``latency`` and
+``cost``. ``analyse_runs`` compares several reports (e.g. dry runs on repositories of different
+sizes).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from docingest.analyse import findings as _findings
+from docingest.analyse import latency as _latency
+from docingest.analyse import scaling as _scaling
+from docingest.analyse import waterfall as _waterfall
+from docingest.cost import PriceTable, input_rate, run_cost, usd
+
+__all__ = ["analyse", "analyse_runs", "apply_analysis", "findings_for", "load_run"]
+
+
+def analyse(report: dict[str, Any], *, prices: PriceTable | None = None) -> dict[str, Any]:
+    prices = prices or PriceTable()
+    flow = _waterfall.compute(report)
+    scaling = _scaling.per_file(report)
+    latency = _latency.latency(report)
+    findings = _findings.build(report, flow, scaling, latency)
+    rate = input_rate(report, prices)
+    for f in findings:
+        f["cost_usd"] = usd(f["tokens"], rate) if f["tokens"] else (0.0 if rate is not None else None)
+    return {
+        "waterfall": flow.as_dict(),
+        "findings": findings,
+        "scaling": scaling,
+        "latency": latency,
+        "cost": run_cost(report, prices),
+    }
+
+
+def apply_analysis(report: dict[str, Any], *, prices: PriceTable | None = None) -> dict[str, Any]:
+    """Add the analysis sections to ``report`` (in place) and return it."""
+    report.update(analyse(report, prices=prices))
+    return report
+
+
+def findings_for(report: dict[str, Any]) -> list[dict[str, Any]]:
+    """The findings of one report, most costly first."""
+    findings: list[dict[str, Any]] = analyse(report)["findings"]
+    return findings
+
+
+def analyse_runs(reports: Sequence[dict[str, Any]], names: Sequence[str]) -> dict[str, Any]:
+    """Growth of tokens and calls with repository size across runs."""
+    return _scaling.across_runs(reports, names)
+
+
+def load_run(path: Path, *, prices: PriceTable | None = None) -> dict[str, Any]:
+    """A report from a report JSON or from ledger JSONL, analysed afresh (same code as ``ingest``)."""
+    from docingest.account import StatsCollector
+    from docingest.report import load_report
+
+    if path.suffix == ".jsonl" or path.name.endswith(".ledger.jsonl"):
+        report = StatsCollector.from_ledger(path).report()
+    else:
+        report = load_report(path)
+    return apply_analysis(report, prices=prices)
