@@ -21,6 +21,7 @@ import importlib.abc
 import importlib.machinery
 import importlib.util
 import os
+import shlex
 import signal
 import subprocess
 import sys
@@ -98,7 +99,7 @@ def trace_command(
     report_path = report or default_report_path(stats.run_id)
     ledger_path = ledger or ledger_path_for(report_path)
     stats = StatsCollector(ledger_path, run_id=stats.run_id)
-    stats.start(dry_run=dry, mode="trace", source=None, command=list(command))
+    stats.start(dry_run=dry, mode="trace", source=shlex.join(command), command=list(command))
     code = _run(command, child_env(ledger_path, stats.run_id, dry_run=dry, environ=base_env), on_start)
     status = _status(code)
     stats.finish(status)
@@ -197,13 +198,12 @@ def start_child_recording(environ: Mapping[str, str] = os.environ) -> StatsColle
     ledger = environ.get(ENV_LEDGER)
     if not ledger:
         return None
-    from docingest.instrument import install_openai_hook
-    from docingest.pipeline import env_dry_run
-
     stats = StatsCollector(Path(ledger), run_id=environ.get(ENV_RUN_ID))
-    dry = environ.get(ENV_DRY_RUN) == "1" or env_dry_run(environ)
+    dry = environ.get(ENV_DRY_RUN) == "1"  # the parent decided, DRY_RUN included
 
     def hook(_module: types.ModuleType | None = None) -> None:
+        from docingest.instrument import install_openai_hook  # only once openai is imported
+
         install_openai_hook(stats, dry_run=dry)
 
     if "openai" in sys.modules:

@@ -29,9 +29,9 @@ def summarize(client: openai.OpenAI, path: str, chunk: str) -> str:
 
 
 def embed(client: openai.OpenAI, texts: list[str]) -> list[list[float]]:
-    response = client.embeddings.create(
+    response = client.embeddings.create(  # the embedding call site
         model="text-embedding-3-small", input=texts
-    )  # the embedding call site
+    )
     return [d.embedding for d in response.data]
 
 
