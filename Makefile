@@ -3,7 +3,7 @@ PYTHON ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
 
-.PHONY: demo test install dev lint typecheck pytest bench clean
+.PHONY: demo test install dev lint typecheck pytest bench clean chromium
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -33,7 +33,14 @@ lint: dev
 typecheck: dev
 	$(BIN)/mypy
 
-pytest: dev
+# The HTML report tests drive a real headless Chromium (Debian's package); installed when
+# missing and we are root, else those tests skip and say why.
+chromium:
+	@command -v chromium >/dev/null 2>&1 || { if [ "$$(id -u)" = 0 ]; then \
+		apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null; \
+	else echo "chromium is not installed (not root): the HTML report tests will skip"; fi; }
+
+pytest: dev chromium
 	$(BIN)/python -m pytest -q
 
 test: lint typecheck pytest

@@ -137,6 +137,9 @@ def treemap_svg(report: dict[str, Any], width: int = 960, height: int = 420) -> 
             title = (
                 f"{path}: {f['total_tokens_sent_to_apis']:,} tokens sent, {f.get('chunk_count', 0)} chunks"
             )
+            first = f.get("chunks", {}).get("0") or {}
+            if first.get("preview"):
+                title += f"\n#0: {first['preview']}"
             out.append(
                 f'<g><rect x="{fx:.1f}" y="{fy:.1f}" width="{fw:.1f}" height="{fh:.1f}" fill="{color}" '
                 f'fill-opacity="0.25" stroke="#fff"><title>{esc(title)}</title></rect>'
