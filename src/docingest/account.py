@@ -16,6 +16,7 @@ import statistics
 import threading
 import time
 import uuid
+from array import array
 from collections import Counter, defaultdict
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
@@ -28,6 +29,12 @@ from docingest.ledger import LedgerWriter, read_ledger
 
 SCHEMA_VERSION = 1
 CALL_TYPES = ("chat_summary", "create_embedding")
+#: Past this many chunks a collector stops holding per-chunk call details (memory stays flat in
+#: corpus size); the report's chunk section is then streamed from the ledger
+#: (``docingest.report.write_run_report``).
+DETAIL_LIMIT = 50_000
+_ABSENT = -1  # a chunk index with no record
+_UNKNOWN = -2  # a chunk that calls refer to, whose raw token count no record gave
 
 
 def utc_now() -> str:
@@ -75,8 +82,36 @@ class _ChunkStats:
 
 @dataclass(slots=True)
 class _FileStats:
+    """A file's figures: numbers always, per-chunk details only while the collector is detailed."""
+
     info: dict[str, Any] = field(default_factory=dict)
     chunks: dict[int, _ChunkStats] = field(default_factory=dict)
+    raw: array[int] = field(default_factory=lambda: array("q"))  # per chunk index: tokens or _ABSENT
+    chunk_count: int = 0
+    raw_total: int = 0
+    calls: int = 0
+    failed: int = 0
+    tokens_sent: int = 0
+    chat_tokens: int = 0
+    cache_hits: int = 0
+    tokens_saved: int = 0
+
+    def mark(self, index: int, raw_tokens: int | None = None) -> None:
+        """Note that chunk ``index`` exists (with its raw token count, when given)."""
+        if index >= len(self.raw):
+            self.raw.extend([_ABSENT] * (index + 1 - len(self.raw)))
+        old = self.raw[index]
+        if old == _ABSENT:
+            self.chunk_count += 1
+        if raw_tokens is None:
+            if old == _ABSENT:
+                self.raw[index] = _UNKNOWN
+            return
+        self.raw_total += raw_tokens - max(old, 0)
+        self.raw[index] = raw_tokens
+
+    def has(self, index: int) -> bool:
+        return index < len(self.raw) and self.raw[index] != _ABSENT
 
 
 @dataclass(slots=True)
@@ -91,7 +126,7 @@ class _TypeStats:
     billed_completion_tokens: int | None = None
     billed_cached_tokens: int | None = None
     tokens_sent_with_usage: int = 0  # our count of the calls whose response carried ``usage``
-    latencies: list[float] = field(default_factory=list)
+    latencies: array[float] = field(default_factory=lambda: array("d"))
 
     def as_dict(self) -> dict[str, Any]:
         lat = sorted(self.latencies)
@@ -138,9 +173,16 @@ class StatsCollector:
         *,
         run_id: str | None = None,
         clock: Callable[[], float] = time.perf_counter,
+        detail_limit: int | None = DETAIL_LIMIT,
     ) -> None:
         self.run_id = run_id or uuid.uuid4().hex[:12]
         self.ledger_path = ledger_path
+        #: The ledgers this collector's records are in (the report streams chunk details from them).
+        self.ledger_paths: tuple[Path, ...] = (ledger_path,) if ledger_path is not None else ()
+        #: Per-chunk call details are held while this is true (see ``DETAIL_LIMIT``).
+        self.detailed = True
+        self.detail_limit = detail_limit
+        self._detail_chunks = 0
         self._writer = LedgerWriter(ledger_path) if ledger_path is not None else None
         self._clock = clock
         self._t0 = clock()
@@ -270,7 +312,7 @@ class StatsCollector:
 
             tokens = TokenCounter().count(text)
         with self._lock:
-            known = path in self.files and index in self.files[path].chunks
+            known = path in self.files and self.files[path].has(index)
         if not known or tokens is not None:
             sha = hashlib.sha256(text.encode()).hexdigest() if text is not None else None
             self.record_chunk(path, index, tokens if tokens is not None else 0, sha)
@@ -287,22 +329,39 @@ class StatsCollector:
             fs = self.files[path] = _FileStats()
         return fs
 
-    def _chunk(self, path: str, index: int) -> _ChunkStats:
+    def _chunk(self, path: str, index: int, raw_tokens: int | None = None) -> _ChunkStats | None:
+        """Mark the chunk in its file's numbers; its details, while the collector keeps them."""
         fs = self._file(path)
+        fs.mark(index, raw_tokens)
+        if not self.detailed:
+            return None
         cs = fs.chunks.get(index)
         if cs is None:
             cs = fs.chunks[index] = _ChunkStats()
+            self._detail_chunks += 1
+            if self.detail_limit is not None and self._detail_chunks > self.detail_limit:
+                self.drop_details()
+                return None
         return cs
+
+    def drop_details(self) -> None:
+        """Stop holding per-chunk details (numbers per file and the aggregates stay exact)."""
+        with self._lock:
+            self.detailed = False
+            for fs in self.files.values():
+                fs.chunks = {}
 
     def _fold(self, r: Mapping[str, Any]) -> None:
         kind = r["type"]
         if kind == "call":
             self._fold_call(r)
         elif kind == "chunk":
-            cs = self._chunk(r["path"], int(r["index"]))
-            cs.raw_chunk_tokens = r["raw_chunk_tokens"]
-            cs.sha256 = r.get("sha256")
-            cs.preview = r.get("preview")
+            raw_tokens = r["raw_chunk_tokens"]
+            cs = self._chunk(r["path"], int(r["index"]), int(raw_tokens or 0))
+            if cs is not None:
+                cs.raw_chunk_tokens = raw_tokens
+                cs.sha256 = r.get("sha256")
+                cs.preview = r.get("preview")
         elif kind == "file":
             self._file(r["path"]).info.update({k: v for k, v in r.items() if k not in ("type", "path")})
         elif kind == "skip":
@@ -311,14 +370,20 @@ class StatsCollector:
             self.cache_hits += 1
             self.tokens_saved += int(r.get("tokens_saved", 0))
             if r.get("path") is not None:
+                fs = self._file(r["path"])
+                fs.cache_hits += 1
+                fs.tokens_saved += int(r.get("tokens_saved", 0))
                 cs = self._chunk(r["path"], int(r["index"]))
-                cs.cache_hits += 1
-                cs.tokens_saved += int(r.get("tokens_saved", 0))
+                if cs is not None:
+                    cs.cache_hits += 1
+                    cs.tokens_saved += int(r.get("tokens_saved", 0))
         elif kind == "unsent":
             entry = {k: v for k, v in r.items() if k != "type"}
             self.unsent.append(entry)
             if r.get("path") is not None:
-                self._chunk(r["path"], int(r["index"])).unsent.append(entry)
+                cs = self._chunk(r["path"], int(r["index"]))
+                if cs is not None:
+                    cs.unsent.append(entry)
         elif kind == "run_start":
             self.run_id = r.get("run_id", self.run_id)
             self.run = {"id": self.run_id, **{k: v for k, v in r.items() if k not in ("type", "run_id")}}
@@ -360,6 +425,15 @@ class StatsCollector:
         attributed = 0
         for path, index, share in r.get("chunks") or ():
             attributed += share
+            fs = self._file(path)
+            fs.calls += 1
+            fs.failed += not ok
+            fs.tokens_sent += share
+            if ct == "chat_summary":
+                fs.chat_tokens += share
+            cs = self._chunk(path, int(index))
+            if cs is None:
+                continue
             detail: dict[str, Any] = {
                 "call_type": ct,
                 "prompt_tokens": share,
@@ -373,7 +447,7 @@ class StatsCollector:
                 detail["latency_s"] = r["latency_s"]
             if r.get("error_details"):
                 detail["error_details"] = r["error_details"]
-            self._chunk(path, int(index)).calls.append(detail)
+            cs.calls.append(detail)
         rest = tokens - attributed
         if rest or not r.get("chunks"):
             self.unattributed["calls"] += 0 if r.get("chunks") else 1
@@ -405,34 +479,27 @@ class StatsCollector:
         return view
 
     def file_view(self, path: str, fs: _FileStats, *, with_chunks: bool = True) -> dict[str, Any]:
-        chunk_views = {i: self.chunk_view(cs) for i, cs in sorted(fs.chunks.items())}
+        """A file's figures; its ``chunks`` (with call details) only while the collector is detailed."""
         view: dict[str, Any] = dict(fs.info)
         view.update(
             {
-                "chunk_count": len(fs.chunks),
-                "raw_chunk_tokens": sum(c["raw_chunk_tokens"] or 0 for c in chunk_views.values()),
-                "total_api_calls": sum(c["total_api_calls"] for c in chunk_views.values()),
-                "failed_calls": sum(c["failed_calls"] for c in chunk_views.values()),
-                "total_tokens_sent_to_apis": sum(
-                    c["total_tokens_sent_to_apis"] for c in chunk_views.values()
-                ),
-                "tokens_sent_to_chat_model": sum(
-                    d["prompt_tokens"]
-                    for c in chunk_views.values()
-                    for d in c["call_details"]
-                    if d["call_type"] == "chat_summary"
-                ),
-                "cache_hits": sum(c.get("cache_hits", 0) for c in chunk_views.values()),
-                "tokens_saved": sum(c.get("tokens_saved", 0) for c in chunk_views.values()),
+                "chunk_count": fs.chunk_count,
+                "raw_chunk_tokens": fs.raw_total,
+                "total_api_calls": fs.calls,
+                "failed_calls": fs.failed,
+                "total_tokens_sent_to_apis": fs.tokens_sent,
+                "tokens_sent_to_chat_model": fs.chat_tokens,
+                "cache_hits": fs.cache_hits,
+                "tokens_saved": fs.tokens_saved,
             }
         )
         if with_chunks:
-            view["chunks"] = {str(i): c for i, c in chunk_views.items()}
+            view["chunks"] = {str(i): self.chunk_view(cs) for i, cs in sorted(fs.chunks.items())}
         return view
 
     def aggregated(self) -> dict[str, Any]:
         with self._lock:
-            raw = sum(cs.raw_chunk_tokens or 0 for fs in self.files.values() for cs in fs.chunks.values())
+            raw = sum(fs.raw_total for fs in self.files.values())
             chat = self.by_type["chat_summary"].tokens_sent if "chat_summary" in self.by_type else 0
 
             def file_sum(key: str) -> int | None:
@@ -464,7 +531,7 @@ class StatsCollector:
                 "unsent_requests": len(self.unsent),
                 "files_loaded": len([fs for fs in self.files.values() if fs.info]),
                 "files_skipped": len(self.skipped),
-                "chunks": sum(len(fs.chunks) for fs in self.files.values()),
+                "chunks": sum(fs.chunk_count for fs in self.files.values()),
                 "unattributed": {
                     "calls": self.unattributed["calls"],
                     "tokens_sent": self.unattributed["tokens_sent"],
@@ -494,9 +561,10 @@ class StatsCollector:
             }
 
     @classmethod
-    def from_ledger(cls, *paths: Path) -> StatsCollector:
+    def from_ledger(cls, *paths: Path, detail_limit: int | None = DETAIL_LIMIT) -> StatsCollector:
         """Rebuild the statistics from one or more ledgers (e.g. a killed run and its resume)."""
-        stats = cls(None)
+        stats = cls(None, detail_limit=detail_limit)
+        stats.ledger_paths = tuple(paths)
         stats._rebuilt = True
         for path in paths:
             for record in read_ledger(path):

@@ -133,7 +133,7 @@ def _ingest(args: argparse.Namespace, console: Console) -> int:
     from docingest.console import ProgressView, print_summary
     from docingest.cost import PriceTable
     from docingest.pipeline import IngestConfig, aingest, env_dry_run
-    from docingest.report import build_report, write_report
+    from docingest.report import write_run_report
 
     config = IngestConfig(
         source=args.source,
@@ -166,8 +166,8 @@ def _ingest(args: argparse.Namespace, console: Console) -> int:
                 "interrupted: the ledger keeps every call made so far; run the same command to go on"
             )
             return 130
-    report = build_report(result.stats, prices=PriceTable.from_file(args.price_file))
-    write_report(report, result.report_path)
+    # streamed from the ledger when the run is too large to hold its chunk details in memory
+    report = write_run_report(result.stats, result.report_path, prices=PriceTable.from_file(args.price_file))
     from docingest.otel import export_if_enabled
 
     export_if_enabled(result.ledger_path, explicit=args.otel)
@@ -206,12 +206,14 @@ def _report(args: argparse.Namespace, console: Console) -> int:
     from docingest.account import StatsCollector
     from docingest.console import print_summary
     from docingest.cost import PriceTable
-    from docingest.report import build_report, write_report
+    from docingest.report import build_report, write_run_report
 
     stats = StatsCollector.from_ledger(*args.ledgers)
-    report = build_report(stats, prices=PriceTable.from_file(args.price_file))
-    if args.report:
-        write_report(report, args.report)
+    prices = PriceTable.from_file(args.price_file)
+    if args.report:  # the same path as ingest: streamed from the ledgers for a large run
+        report = write_run_report(stats, args.report, prices=prices)
+    else:
+        report = build_report(stats, prices=prices)
     if args.html:
         from docingest.html import write_html
 

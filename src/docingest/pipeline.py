@@ -231,13 +231,14 @@ class _Run:
             self.stats.record_skip(file.path, "unreadable", exc.strerror or str(exc), file.size)
             return None
 
-    def _account_file(self, file: SourceFile, doc: Document, chunks: list[Chunk]) -> tuple[int, int]:
+    async def _account_file(self, file: SourceFile, doc: Document, chunks: list[Chunk]) -> tuple[int, int]:
         count = self.chat_counter.count
-        source_tokens = count(doc.source_text) if doc.source_text is not doc.text else count(doc.text)
-        document_tokens = count(doc.text)
+        # One batch, counted in worker threads while the event loop goes on with the API calls.
+        texts = [doc.source_text, doc.text, *(part.text for part in doc.dropped)]
+        source_tokens, document_tokens, *part_tokens = await self.chat_counter.acount_many(texts)
         dropped: Counter[str] = Counter()
-        for part in doc.dropped:
-            dropped[part.category] += count(part.text)
+        for part, n in zip(doc.dropped, part_tokens, strict=True):
+            dropped[part.category] += n
         record: dict[str, Any] = {
             "type": "file",
             "path": doc.path,
@@ -342,7 +343,7 @@ class _Run:
                 continue
             seen.append(doc.path)
             chunks = self.chunker.chunk(doc)
-            source_tokens, document_tokens = self._account_file(file, doc, chunks)
+            source_tokens, document_tokens = await self._account_file(file, doc, chunks)
             if self.kb is not None:
                 self.kb.put_document(
                     doc,

@@ -61,3 +61,64 @@ def load_report(path: Path) -> dict[str, Any]:
     if not isinstance(data, dict) or data.get("schema_version") is None:
         raise LedgerError(f"{path} is not a docingest report (no schema_version)")
     return data
+
+
+#: With a large run, the analysis sees every file's figures but the chunks of only this many files
+#: (those that sent the most tokens).
+ANALYSIS_TOP_FILES = 200
+
+
+def write_run_report(
+    stats: StatsCollector,
+    path: Path,
+    *,
+    prices: PriceTable | None = None,
+    top_files: int = ANALYSIS_TOP_FILES,
+) -> dict[str, Any]:
+    """Write the report of a run to ``path`` and return it (what summaries and HTML are made from).
+
+    A small run's report is built in memory. When the collector has stopped holding per-chunk
+    details (``StatsCollector.detailed`` is false: a large run), the report is streamed: each
+    file's chunks are rebuilt from the ledger through a temporary SQLite index, one file at a
+    time, so memory stays flat in corpus size. The report returned then carries every file's
+    figures but the chunks of only the ``top_files`` files that sent the most tokens (the
+    analysis is computed from that); the file on disk has them all.
+    """
+    if stats.detailed:
+        report = build_report(stats, prices=prices)
+        write_report(report, path)
+        return report
+    from docingest.analyse import apply_analysis
+    from docingest.spill import ChunkDetails
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with ChunkDetails(stats.ledger_paths, directory=path.parent) as details:
+        report = stats.report()
+        files: dict[str, Any] = report["files"]
+        by_tokens = sorted(files, key=lambda p: -int(files[p].get("total_tokens_sent_to_apis") or 0))
+        top = set(by_tokens[:top_files])
+        for p in top:
+            files[p]["chunks"] = details.chunks(p)
+        apply_analysis(report, prices=prices)
+        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+        try:
+            with os.fdopen(fd, "w", encoding="utf-8") as fh:
+                fh.write("{")
+                for n, (key, value) in enumerate(report.items()):
+                    fh.write(("," if n else "") + f"\n{json.dumps(key)}: ")
+                    if key != "files":
+                        fh.write(json.dumps(value, ensure_ascii=False))
+                        continue
+                    fh.write("{")
+                    for m, (p, view) in enumerate(sorted(value.items())):
+                        if p not in top:
+                            view = {**view, "chunks": details.chunks(p)}
+                        fh.write(("," if m else "") + f"\n{json.dumps(p, ensure_ascii=False)}: ")
+                        fh.write(json.dumps(view, ensure_ascii=False))
+                    fh.write("}")
+                fh.write("\n}\n")
+            os.replace(tmp, path)
+        except BaseException:
+            Path(tmp).unlink(missing_ok=True)
+            raise
+    return report

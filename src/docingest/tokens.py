@@ -11,6 +11,7 @@ content tokens plus 3, a ``name`` costs 1 more, and 3 tokens prime the reply.
 
 from __future__ import annotations
 
+import asyncio
 import gzip
 import hashlib
 import os
@@ -18,6 +19,7 @@ import tempfile
 import threading
 from collections import OrderedDict
 from collections.abc import Iterable, Mapping, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from importlib import resources
 from pathlib import Path
 
@@ -51,6 +53,27 @@ _MODEL_ENCODINGS = {
 
 _lock = threading.Lock()
 _encodings: dict[str, tiktoken.Encoding] = {}
+_pool: ThreadPoolExecutor | None = None
+
+#: Below this many characters in all, a batch is encoded inline: a thread hand-off costs more.
+PARALLEL_MIN_CHARS = 32_768
+#: The count cache holds at most this many characters of keys (an LRU bound in memory, not entries).
+CACHE_CHARS = 16_000_000
+#: Texts longer than this are counted but never cached (a whole notebook is rarely asked twice,
+#: and a document-context prompt repeats the *same* string object, which is cheap to find).
+CACHE_MAX_TEXT_CHARS = 4_000_000
+
+
+def _threads() -> ThreadPoolExecutor:
+    """One pool for the process: tiktoken releases the GIL while it encodes, so counting runs on
+    every core. (``Encoding.encode_ordinary_batch`` starts and joins a new pool on every call.)"""
+    global _pool
+    with _lock:
+        if _pool is None:
+            _pool = ThreadPoolExecutor(
+                max_workers=max(2, min(8, os.cpu_count() or 2)), thread_name_prefix="docingest-tokens"
+            )
+        return _pool
 
 
 def encoding_name_for_model(model: str) -> str:
@@ -122,14 +145,19 @@ class TokenCounter:
     """Counts tokens of texts with one encoding, remembering recent counts by content.
 
     Each distinct text is encoded once: a prompt that repeats a document for every chunk
-    costs one encoding of that document, not one per chunk.
+    costs one encoding of that document, not one per chunk. The cache is bounded by the
+    characters it holds (``cache_chars``) as well as by entries (``cache_size``).
     """
 
-    def __init__(self, encoding: str = "o200k_base", *, cache_size: int = 65536) -> None:
+    def __init__(
+        self, encoding: str = "o200k_base", *, cache_size: int = 65536, cache_chars: int = CACHE_CHARS
+    ) -> None:
         self.encoding_name = encoding
         self._enc = get_encoding(encoding)
         self._cache: OrderedDict[str, int] = OrderedDict()
         self._cache_size = cache_size
+        self._cache_chars = cache_chars
+        self._chars = 0
         self._lock = threading.Lock()
 
     @classmethod
@@ -155,7 +183,8 @@ class TokenCounter:
         return n
 
     def count_many(self, texts: Sequence[str]) -> list[int]:
-        """Counts for many texts, encoding the unknown ones in one threaded batch."""
+        """Counts for many texts; the unknown ones are encoded on all cores when there is enough
+        text to be worth it (largest first, so one long text does not finish last)."""
         out: list[int | None] = []
         missing: dict[str, int] = {}
         with self._lock:
@@ -166,16 +195,35 @@ class TokenCounter:
                     missing[t] = 0
         if missing:
             keys = list(missing)
-            for key, toks in zip(keys, self._enc.encode_ordinary_batch(keys), strict=True):
-                missing[key] = len(toks)
-                self._remember(key, len(toks))
+            if len(keys) > 1 and sum(map(len, keys)) >= PARALLEL_MIN_CHARS:
+                keys.sort(key=len, reverse=True)
+                lengths = list(_threads().map(self._length, keys))
+            else:
+                lengths = [len(self._enc.encode_ordinary(k)) for k in keys]
+            for key, n in zip(keys, lengths, strict=True):
+                missing[key] = n
+                self._remember(key, n)
         return [n if n is not None else missing[t] for n, t in zip(out, texts, strict=True)]
 
+    async def acount_many(self, texts: Sequence[str]) -> list[int]:
+        """:meth:`count_many` in a worker thread: the event loop goes on (e.g. with API calls)
+        while the texts are encoded, which tiktoken does without holding the GIL."""
+        return await asyncio.get_running_loop().run_in_executor(None, self.count_many, texts)
+
+    def _length(self, text: str) -> int:
+        return len(self._enc.encode_ordinary(text))
+
     def _remember(self, text: str, n: int) -> None:
+        if len(text) > CACHE_MAX_TEXT_CHARS or len(text) > self._cache_chars:
+            return
         with self._lock:
+            if text in self._cache:
+                return
             self._cache[text] = n
-            if len(self._cache) > self._cache_size:
-                self._cache.popitem(last=False)
+            self._chars += len(text)
+            while len(self._cache) > self._cache_size or self._chars > self._cache_chars:
+                old, _ = self._cache.popitem(last=False)
+                self._chars -= len(old)
 
     def count_messages(self, messages: Iterable[Mapping[str, object]]) -> int:
         """Prompt tokens of a chat request, per OpenAI's formula."""
