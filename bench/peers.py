@@ -1,0 +1,299 @@
+"""docingest beside LlamaIndex and LangChain, and beside the tokenizer floor, in one run.
+
+    pip install -e '.[bench]'
+    python bench/peers.py [CORPUS]            # default: ../shared/corpora/langgraph-docs
+
+Every peer forecasts the same job: chunks of 512 tokens, one summary (gpt-4o-mini) and one
+embedding (text-embedding-3-small) per chunk, with no network. Each runs in its own process, so
+its wall time includes its imports and its peak RSS (``ru_maxrss`` of the waited-for child) is
+its own. The table goes to stdout and ``bench/results/peers.json``; see ``bench/README.md``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+HERE = Path(__file__).resolve().parent
+DEFAULT_CORPUS = HERE.parent.parent / "shared" / "corpora" / "langgraph-docs"
+CHUNK_TOKENS = 512
+CHAT_MODEL = "gpt-4o-mini"
+EMBEDDING_MODEL = "text-embedding-3-small"
+SUMMARY_TOKENS = 128
+
+
+def _offline_tiktoken() -> None:
+    """Point tiktoken (as the peers use it) at docingest's verified offline copy of its files."""
+    from docingest.tokens import cache_dir, get_encoding
+
+    get_encoding("o200k_base")
+    get_encoding("cl100k_base")  # installs both files, named as tiktoken's cache expects
+    os.environ["TIKTOKEN_CACHE_DIR"] = str(cache_dir())
+
+
+# --- the peers (each runs in a child process) -------------------------------------------------
+
+
+def run_docingest(corpus: Path, work: Path) -> dict[str, Any]:
+    import asyncio
+
+    from docingest.pipeline import IngestConfig, aingest
+    from docingest.report import write_run_report
+
+    config = IngestConfig(source=corpus, dry_run=True, report=work / "docingest.json")
+    t0 = time.perf_counter()
+    result = asyncio.run(aingest(config))
+    report = write_run_report(result.stats, result.report_path)
+    agg = report["aggregated"]
+    return {
+        "run_s": round(time.perf_counter() - t0, 2),
+        "llm_prompt_tokens": agg["total_tokens_sent_to_chat_model"],
+        "embedding_tokens": agg["total_tokens_sent_to_embeddings"],
+        "chunks": agg["chunks"],
+        "note": "dry run through the OpenAI SDK and the dry-run transport, default settings",
+    }
+
+
+def run_llamaindex(corpus: Path, work: Path) -> dict[str, Any]:
+    _offline_tiktoken()
+    import tiktoken
+    from llama_index.core import MockEmbedding, Settings, SimpleDirectoryReader
+    from llama_index.core.callbacks import CallbackManager, TokenCountingHandler
+    from llama_index.core.extractors import SummaryExtractor
+    from llama_index.core.ingestion import IngestionPipeline
+    from llama_index.core.llms import MockLLM
+    from llama_index.core.node_parser import SentenceSplitter
+
+    counter = TokenCountingHandler(tokenizer=tiktoken.encoding_for_model(CHAT_MODEL).encode)
+    Settings.callback_manager = CallbackManager([counter])
+    Settings.llm = MockLLM(max_tokens=SUMMARY_TOKENS)
+    Settings.embed_model = MockEmbedding(embed_dim=1536)
+    documents = SimpleDirectoryReader(
+        str(corpus), recursive=True, required_exts=[".md", ".ipynb"], raise_on_error=False
+    ).load_data(show_progress=False)
+    splitter = SentenceSplitter(
+        chunk_size=CHUNK_TOKENS,
+        chunk_overlap=0,
+        tokenizer=tiktoken.encoding_for_model(CHAT_MODEL).encode,
+    )
+    pipeline = IngestionPipeline(
+        transformations=[splitter, SummaryExtractor(summaries=["self"]), Settings.embed_model]
+    )
+    nodes = pipeline.run(documents=documents)
+    readers = sorted({type(d).__name__ for d in documents})
+    return {
+        "llm_prompt_tokens": counter.prompt_llm_token_count,
+        "embedding_tokens": counter.total_embedding_token_count,
+        "chunks": len(nodes),
+        "note": f"{len(documents)} documents ({', '.join(readers)}); .ipynb read as "
+        + ("JSON text" if not _has_module("llama_index.readers.file") else "notebooks")
+        + f"; TokenCountingHandler with the {CHAT_MODEL} tokenizer for both counts",
+    }
+
+
+def run_langchain(corpus: Path, work: Path) -> dict[str, Any]:
+    _offline_tiktoken()
+    import tiktoken
+    from langchain_core.callbacks import BaseCallbackHandler
+    from langchain_core.documents import Document
+    from langchain_core.embeddings import DeterministicFakeEmbedding
+    from langchain_core.language_models.fake_chat_models import FakeListChatModel
+    from langchain_core.messages import BaseMessage
+    from langchain_core.prompts import ChatPromptTemplate
+    from langchain_text_splitters import RecursiveCharacterTextSplitter
+
+    chat_enc = tiktoken.encoding_for_model(CHAT_MODEL)
+    embed_enc = tiktoken.encoding_for_model(EMBEDDING_MODEL)
+
+    class PromptTokens(BaseCallbackHandler):
+        """OpenAI's chat formula over the messages each chat model call receives."""
+
+        def __init__(self) -> None:
+            self.tokens = 0
+
+        def on_chat_model_start(
+            self, serialized: dict[str, Any], messages: list[list[BaseMessage]], **kwargs: Any
+        ) -> None:
+            for prompt in messages:
+                self.tokens += 3 + sum(3 + len(chat_enc.encode(str(m.content))) for m in prompt)
+
+    class CountingEmbeddings(DeterministicFakeEmbedding):
+        tokens: int = 0
+
+        def embed_documents(self, texts: list[str]) -> list[list[float]]:
+            self.tokens += sum(len(t) for t in embed_enc.encode_ordinary_batch(texts))
+            return super().embed_documents(texts)
+
+    documents = []
+    for path in sorted(corpus.rglob("*")):  # what DirectoryLoader + TextLoader do, without the extra
+        if path.is_file() and path.suffix in (".md", ".ipynb"):
+            text = path.read_text("utf-8", errors="replace")
+            documents.append(Document(page_content=text, metadata={"source": str(path)}))
+    splitter = RecursiveCharacterTextSplitter.from_tiktoken_encoder(
+        model_name=CHAT_MODEL, chunk_size=CHUNK_TOKENS, chunk_overlap=0
+    )
+    chunks = splitter.split_documents(documents)
+    prompt = ChatPromptTemplate.from_messages(
+        [("system", "Summarize this chunk of technical documentation."), ("user", "{chunk}")]
+    )
+    counter = PromptTokens()
+    chain = prompt | FakeListChatModel(responses=["A summary."])
+    chain.batch([{"chunk": c.page_content} for c in chunks], config={"callbacks": [counter]})
+    embeddings = CountingEmbeddings(size=1536)
+    embeddings.embed_documents([c.page_content for c in chunks])
+    return {
+        "llm_prompt_tokens": counter.tokens,
+        "embedding_tokens": embeddings.tokens,
+        "chunks": len(chunks),
+        "note": "files read as text (.ipynb as JSON text; langchain-community's loaders do the "
+        "same for TextLoader); FakeListChatModel and DeterministicFakeEmbedding, counted with tiktoken",
+    }
+
+
+def run_floor(corpus: Path, work: Path) -> dict[str, Any]:
+    """Tokenize, once, every distinct text the dry run sends (tiktoken's batch API, one process).
+
+    The texts are rebuilt with docingest's own stages (load, chunk, plan); only the encoding
+    is timed."""
+    from docingest.chunk import Chunker
+    from docingest.discover import discover
+    from docingest.load import load
+    from docingest.models import SourceFile
+    from docingest.plan import Planner
+    from docingest.tokens import TokenCounter, get_encoding
+
+    chat, embed = TokenCounter.for_model(CHAT_MODEL), TokenCounter.for_model(EMBEDDING_MODEL)
+    chunker = Chunker(chat, chunk_tokens=CHUNK_TOKENS)
+    planner = Planner(chat, embed, chat_model=CHAT_MODEL, embedding_model=EMBEDDING_MODEL)
+    chat_texts: dict[str, None] = {}
+    embed_texts: dict[str, None] = {}
+    for file in discover(corpus):
+        if isinstance(file, SourceFile):
+            doc = load(file)
+            chunks = chunker.chunk(doc)
+            for request in planner.summaries(doc, chunks):
+                chat_texts.update((m["content"], None) for m in request.messages)
+            embed_texts.update((planner.embedding_input(c), None) for c in chunks)
+    o200k, cl100k = get_encoding(chat.encoding_name), get_encoding(embed.encoding_name)
+    t0 = time.perf_counter()
+    n_chat = sum(map(len, o200k.encode_ordinary_batch(list(chat_texts))))
+    n_embed = sum(map(len, cl100k.encode_ordinary_batch(list(embed_texts))))
+    seconds = time.perf_counter() - t0
+    return {
+        "floor_s": round(seconds, 3),
+        "texts": len(chat_texts) + len(embed_texts),
+        "tokens": n_chat + n_embed,
+        "note": "distinct message contents and embedding inputs of the default dry run",
+    }
+
+
+PEERS: dict[str, Callable[[Path, Path], dict[str, Any]]] = {
+    "docingest": run_docingest,
+    "llamaindex": run_llamaindex,
+    "langchain": run_langchain,
+    "floor": run_floor,
+}
+
+
+def _has_module(name: str) -> bool:
+    import importlib.util
+
+    try:
+        return importlib.util.find_spec(name) is not None
+    except ModuleNotFoundError:
+        return False
+
+
+# --- the parent: one child per peer -----------------------------------------------------------
+
+
+def measure(peer: str, corpus: Path, work: Path) -> dict[str, Any]:
+    out = work / f"{peer}.result.json"
+    out.unlink(missing_ok=True)
+    cmd = [sys.executable, __file__, "--child", peer, str(corpus), "--work", str(work)]
+    t0 = time.perf_counter()
+    pid = os.fork()
+    if pid == 0:
+        os.execv(cmd[0], cmd)
+    _, status, usage = os.wait4(pid, 0)
+    wall = time.perf_counter() - t0
+    rss = round(usage.ru_maxrss / 1024)
+    row: dict[str, Any] = {"peer": peer, "wall_s": round(wall, 2), "peak_rss_mb": rss}
+    if os.waitstatus_to_exitcode(status) != 0 or not out.exists():
+        row["error"] = f"exit code {os.waitstatus_to_exitcode(status)}; see the output above"
+        return row
+    row.update(json.loads(out.read_text()))
+    return row
+
+
+def _ratio(a: Any, b: Any) -> str:
+    return f"{a / b:.2f}x" if isinstance(a, int | float) and isinstance(b, int | float) and b else "-"
+
+
+def table(rows: list[dict[str, Any]]) -> str:
+    base = next(r for r in rows if r["peer"] == "docingest")
+    cols = ("llm_prompt_tokens", "embedding_tokens", "wall_s", "peak_rss_mb")
+    lines = [
+        f"{'peer':<11} {'LLM prompt tok':>15} {'(ratio)':>8} {'embed tok':>12} {'(ratio)':>8} "
+        f"{'wall s':>8} {'(ratio)':>8} {'peak RSS MB':>11} {'(ratio)':>8}"
+    ]
+    for r in rows:
+        if r["peer"] == "floor":
+            continue
+        cells = [f"{r['peer']:<11}"]
+        for col, width in zip(cols, (15, 12, 8, 11), strict=True):
+            value = r.get(col)
+            cells.append(f"{value:>{width},}" if isinstance(value, int) else f"{value!s:>{width}}")
+            cells.append(f"{_ratio(value, base.get(col)):>8}")
+        lines.append(" ".join(cells))
+    floor = next((r for r in rows if r["peer"] == "floor"), None)
+    if floor and "floor_s" in floor:
+        lines.append(
+            f"floor: tokenizing the {floor['texts']:,} distinct texts the dry run sends "
+            f"({floor['tokens']:,} tokens) takes {floor['floor_s']} s; docingest's dry run is "
+            f"{base['wall_s'] / floor['floor_s']:.1f}x that as a process (imports included), "
+            f"{base.get('run_s', 0) / floor['floor_s']:.1f}x in process (run and report only)"
+        )
+    for r in rows:
+        for key in ("note", "error"):
+            if r.get(key):
+                lines.append(f"  {r['peer']}: {key}: {r[key]}")
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("corpus", nargs="?", type=Path, default=DEFAULT_CORPUS)
+    parser.add_argument("--peers", nargs="*", default=list(PEERS))
+    work = Path(os.environ.get("TMPDIR", "/tmp")) / "docingest-peers"
+    parser.add_argument("--work", type=Path, default=work)
+    parser.add_argument("--out", type=Path, default=HERE / "results")
+    parser.add_argument("--child", help=argparse.SUPPRESS)
+    args = parser.parse_args(argv)
+    args.work.mkdir(parents=True, exist_ok=True)
+    if args.child:
+        result = PEERS[args.child](args.corpus.resolve(), args.work)
+        (args.work / f"{args.child}.result.json").write_text(json.dumps(result))
+        return 0
+    rows = []
+    for peer in args.peers:
+        print(f"running {peer} ...", file=sys.stderr, flush=True)
+        rows.append(measure(peer, args.corpus.resolve(), args.work))
+    text = table(rows)
+    print(text)
+    args.out.mkdir(parents=True, exist_ok=True)
+    stamp = time.strftime("%Y%m%d-%H%M%S")
+    payload = {"corpus": str(args.corpus), "chunk_tokens": CHUNK_TOKENS, "rows": rows}
+    (args.out / f"peers-{stamp}.json").write_text(json.dumps(payload, indent=1) + "\n")
+    (args.out / f"peers-{stamp}.txt").write_text(text + "\n")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
