@@ -381,3 +381,23 @@ def test_report_command_and_live_report_agree(tmp_path: Path) -> None:
     rebuilt = build_report(StatsCollector.from_ledger(tmp_path / "run.ledger.jsonl"))
     for key in ("waterfall", "findings", "scaling", "cost"):
         assert rebuilt[key] == report[key], key
+
+
+def test_waterfall_stays_exact_for_files_without_chunk_details(tmp_path: Path) -> None:
+    """A large run's report carries the chunks of its costliest files only."""
+    from docingest.analyse import apply_analysis
+
+    other = markdown_doc(900, seed="b").replace("# Guide", "# Other guide")
+    files: dict[str, str | bytes] = {"a.md": markdown_doc(2_000), "b.md": other}
+    full = run(tmp_path, files, context="document", chunk_tokens=300)
+    slim = json.loads(json.dumps(full))
+    for key in ("waterfall", "findings", "scaling", "latency", "cost"):
+        slim.pop(key)
+    del slim["files"]["b.md"]["chunks"]
+    apply_analysis(slim)
+    assert slim["waterfall"]["check"]["exact"] and slim["waterfall"]["check"]["unexplained_tokens"] == 0
+    assert slim["waterfall"]["check"]["files_without_chunk_details"] == 1
+    steps_full = {s["step"]: s["tokens"] for s in full["waterfall"]["steps"]}
+    steps_slim = {s["step"]: s["tokens"] for s in slim["waterfall"]["steps"]}
+    assert steps_slim == steps_full  # the file's plan splits its tokens exactly as its chunks do
+    assert finding(slim, "context_document")["tokens"] == finding(full, "context_document")["tokens"]

@@ -63,6 +63,7 @@ class Flow:
     files: dict[str, FileFlow] = field(default_factory=dict)
     duplicates: dict[str, list[tuple[str, int]]] = field(default_factory=dict)  # sha -> chunks
     check: dict[str, Any] = field(default_factory=dict)
+    summarised_files: list[str] = field(default_factory=list)  # split from file figures, not chunks
 
     def as_dict(self) -> dict[str, Any]:
         return {"steps": self.steps, "check": self.check}
@@ -104,6 +105,26 @@ def compute(report: dict[str, Any]) -> Flow:
         if other:
             ff.embeddings += other[0]
             ff.retries += sum(other[1:])
+
+    # Files whose chunks the report does not carry (a large run's report keeps the chunks of the
+    # costliest files only): split their figures with the file's plan; duplicates are not seen.
+    mode = ((report.get("run") or {}).get("config") or {}).get("context")
+    for path, f in files.items():
+        if f.get("chunks") or not f.get("chunk_count"):
+            continue
+        ff = flow.files.setdefault(path, FileFlow())
+        plan = f.get("chat_plan_tokens") or {}
+        raw = int(f.get("raw_chunk_tokens") or 0)
+        chat_sent = int(f.get("tokens_sent_to_chat_model") or 0)
+        planned = int(plan.get(mode, chat_sent)) if mode else chat_sent
+        none = int(plan.get("none", planned))
+        ff.chunks_called += int(f["chunk_count"])
+        ff.template += none - raw
+        ff.context += planned - none
+        ff.retries += max(chat_sent - planned, 0)
+        ff.not_sent += max(planned - chat_sent, 0)
+        ff.embeddings += int(f.get("total_tokens_sent_to_apis") or 0) - chat_sent
+        flow.summarised_files.append(path)
 
     def total(attr: str) -> int:
         return sum(getattr(ff, attr) for ff in flow.files.values())
@@ -164,6 +185,7 @@ def compute(report: dict[str, Any]) -> Flow:
         "total_tokens_sent_to_apis": sent,
         "exact": running == sent,
         "unexplained_tokens": sent - explained,
+        "files_without_chunk_details": len(flow.summarised_files),
     }
     return flow
 
