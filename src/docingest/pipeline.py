@@ -251,7 +251,7 @@ class _Run:
             "notes": list(doc.notes),
             # The summaries' prompt tokens under each --context mode (the run's own is one of them).
             "chat_plan_tokens": {
-                mode: sum(r.prompt_tokens for r in planner.summaries(doc, chunks))
+                mode: planner.prompt_tokens(doc, chunks)
                 for mode, planner in self.alt_planners.items()
             },
             "metadata": doc.metadata,

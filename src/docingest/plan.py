@@ -93,15 +93,27 @@ class Planner:
             parts.append("Text just after the chunk:\n" + after)
         return "\n\n".join(parts)
 
+    def _messages(self, doc: Document, chunk: Chunk, whole: str | None) -> list[dict[str, str]]:
+        messages = [{"role": "system", "content": SYSTEM_PROMPT}]
+        context = self._context_message(doc, chunk, whole)
+        if context:
+            messages.append({"role": "user", "content": context})
+        messages.append({"role": "user", "content": chunk.text})
+        return messages
+
+    def _whole(self, doc: Document) -> str | None:
+        return f"Full document {doc.path}:\n\n{doc.text}" if self.context == "document" else None
+
+    def prompt_tokens(self, doc: Document, chunks: Sequence[Chunk]) -> int:
+        """The prompt tokens of all of :meth:`summaries` (without building their cache keys)."""
+        whole = self._whole(doc)
+        return sum(self.chat_counter.count_messages(self._messages(doc, c, whole)) for c in chunks)
+
     def summaries(self, doc: Document, chunks: Sequence[Chunk]) -> list[SummaryRequest]:
-        whole = f"Full document {doc.path}:\n\n{doc.text}" if self.context == "document" else None
+        whole = self._whole(doc)
         out = []
         for chunk in chunks:
-            messages = [{"role": "system", "content": SYSTEM_PROMPT}]
-            context = self._context_message(doc, chunk, whole)
-            if context:
-                messages.append({"role": "user", "content": context})
-            messages.append({"role": "user", "content": chunk.text})
+            messages = self._messages(doc, chunk, whole)
             out.append(
                 SummaryRequest(
                     chunk=chunk,
