@@ -265,6 +265,9 @@ def test_failed_calls_context_window_exceeded(tmp_path: Path) -> None:
     assert f["tokens"] == failed["failed_tokens_sent"]
     assert "context_length_exceeded" in json.dumps(f["evidence"]["by_error"])
     assert {c["path"] for c in f["evidence"]["chunks"]} == {"big.md"}
+    assert f["cost_usd"] == 0.0  # the API bills no request it rejects
+    chat_cost = report["cost"]["by_call_type"]["chat_summary"]
+    assert chat_cost["input_tokens"] == failed["tokens_sent"] - failed["failed_tokens_sent"]
     assert_waterfall_exact(report)
 
 

@@ -118,7 +118,8 @@ def _model_for(report: dict[str, Any], call_type: str) -> str | None:
 def run_cost(report: dict[str, Any], prices: PriceTable | None = None) -> dict[str, Any]:
     """The cost section of a report: per call type and in total, with where each price came from.
 
-    Input tokens are the API's billed figure when it gave one, else docingest's own count. Output
+    Input tokens are the API's billed figure when it gave one, else docingest's own count of the
+    requests that succeeded (the API bills no request it rejects: 400, 401, 429, 5xx). Output
     tokens without a billed figure (a dry run) are bounded by ``max_tokens`` of each summary.
     """
     prices = prices or PriceTable()
@@ -131,7 +132,8 @@ def run_cost(report: dict[str, Any], prices: PriceTable | None = None) -> dict[s
         model = _model_for(report, call_type)
         price = prices.price(model)
         billed_in = fig.get("billed_prompt_tokens")
-        input_tokens = billed_in if billed_in is not None else fig["tokens_sent"]
+        unbilled = fig.get("failed_tokens_sent") or 0
+        input_tokens = billed_in if billed_in is not None else fig["tokens_sent"] - unbilled
         cached = fig.get("billed_cached_tokens") or 0
         output_tokens = fig.get("billed_completion_tokens")
         output_estimated = False

@@ -30,6 +30,9 @@ def analyse(report: dict[str, Any], *, prices: PriceTable | None = None) -> dict
     findings = _findings.build(report, flow, scaling, latency)
     rate = input_rate(report, prices)
     for f in findings:
+        if f["code"] == "failed_calls":  # rejected requests are not billed: they cost time, not money
+            f["cost_usd"] = 0.0 if rate is not None else None
+            continue
         f["cost_usd"] = usd(f["tokens"], rate) if f["tokens"] else (0.0 if rate is not None else None)
     return {
         "waterfall": flow.as_dict(),
