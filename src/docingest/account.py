@@ -32,7 +32,7 @@ CALL_TYPES = ("chat_summary", "create_embedding")
 #: Past this many chunks a collector stops holding per-chunk call details (memory stays flat in
 #: corpus size); the report's chunk section is then streamed from the ledger
 #: (``docingest.report.write_run_report``).
-DETAIL_LIMIT = 50_000
+DETAIL_LIMIT = 20_000
 _ABSENT = -1  # a chunk index with no record
 _UNKNOWN = -2  # a chunk that calls refer to, whose raw token count no record gave
 
@@ -61,6 +61,11 @@ class CallInfo:
     site: str | None = None
     model: str | None = None
     max_tokens: int | None = None
+    #: When a list, the transport appends the *successful* attempt's record here instead of
+    #: writing it, and the caller writes it in the same step as it stores the result (so a run
+    #: killed in between cannot leave a paid-for result that the knowledge base lacks).
+    deferred: list[dict[str, Any]] | None = None
+    last_attempt_end: float | None = None  # set by the transport: retries measure their wait from it
 
 
 current_call: contextvars.ContextVar[CallInfo | None] = contextvars.ContextVar("docingest_call", default=None)
@@ -120,6 +125,8 @@ class _TypeStats:
     successful: int = 0
     failed: int = 0
     retries: int = 0
+    retry_wait_s: float = 0.0
+    rate_limit_wait_s: float = 0.0
     tokens_sent: int = 0
     failed_tokens_sent: int = 0
     billed_prompt_tokens: int | None = None
@@ -135,6 +142,8 @@ class _TypeStats:
             "successful_calls": self.successful,
             "failed_calls": self.failed,
             "retried_calls": self.retries,
+            "retry_wait_s": round(self.retry_wait_s, 6),
+            "rate_limit_wait_s": round(self.rate_limit_wait_s, 6),
             "tokens_sent": self.tokens_sent,
             "failed_tokens_sent": self.failed_tokens_sent,
             "billed_prompt_tokens": self.billed_prompt_tokens,
@@ -402,6 +411,8 @@ class StatsCollector:
         ts.successful += ok
         ts.failed += not ok
         ts.retries += int(r.get("attempt", 0) > 0)
+        ts.retry_wait_s += float(r.get("retry_wait_s") or 0.0)
+        ts.rate_limit_wait_s += float(r.get("rate_limit_wait_s") or 0.0)
         ts.tokens_sent += tokens
         if not ok:
             ts.failed_tokens_sent += tokens
@@ -526,6 +537,10 @@ class StatsCollector:
                 "billed_prompt_tokens": self.billed_prompt,
                 "billed_completion_tokens": self.billed_completion,
                 "retried_calls": sum(t.retries for t in self.by_type.values()),
+                # summed over requests (they overlap under concurrency), not wall time
+                "retry_wait_s": round(sum(t.retry_wait_s for t in self.by_type.values()), 6),
+                "rate_limit_wait_s": round(sum(t.rate_limit_wait_s for t in self.by_type.values()), 6),
+                "files_unchanged": sum(1 for fs in self.files.values() if fs.info.get("unchanged")),
                 "cache_hits": self.cache_hits,
                 "tokens_saved_by_cache": self.tokens_saved,
                 "unsent_requests": len(self.unsent),

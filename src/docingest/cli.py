@@ -13,7 +13,7 @@ from typing import Any
 from rich.console import Console
 
 from docingest import __version__
-from docingest.errors import DocingestError
+from docingest.errors import BudgetExceeded, DocingestError
 
 
 def _add_output_args(p: argparse.ArgumentParser) -> None:
@@ -63,7 +63,22 @@ def build_parser() -> argparse.ArgumentParser:
     ing.add_argument("--exclude", action="append", default=[], metavar="GLOB")
     ing.add_argument("--max-file-bytes", type=int, default=2_000_000)
     ing.add_argument("--summary-tokens", type=int, default=128, help="max_tokens of each summary")
-    ing.add_argument("--concurrency", type=int, default=8)
+    ing.add_argument("--concurrency", type=int, default=16, help="requests in flight at once (default: 16)")
+    ing.add_argument(
+        "--rpm",
+        type=int,
+        metavar="N",
+        help="pace to N requests per minute (x-ratelimit-* headers are also read)",
+    )
+    ing.add_argument("--tpm", type=int, metavar="N", help="pace to N tokens per minute (prompt + max_tokens)")
+    ing.add_argument(
+        "--max-tokens",
+        type=int,
+        metavar="N",
+        help="budget: prompt tokens sent plus completion tokens; refuse to start when the forecast is "
+        "over it, stop before a request would cross it (exit code 3)",
+    )
+    ing.add_argument("--max-cost", type=float, metavar="USD", help="budget in US dollars, like --max-tokens")
     ing.add_argument("--max-retries", type=int, default=4)
     ing.add_argument("--timeout", type=float, default=60.0, help="seconds per HTTP request")
     ing.add_argument("--embedding-batch", type=int, default=256, help="inputs per embeddings request")
@@ -157,6 +172,10 @@ def _ingest(args: argparse.Namespace, console: Console) -> int:
         max_retries=args.max_retries,
         timeout=args.timeout,
         embedding_batch_size=args.embedding_batch,
+        rpm=args.rpm,
+        tpm=args.tpm,
+        max_tokens=args.max_tokens,
+        max_cost=args.max_cost,
     )
     with ProgressView(console) as view:
         try:
@@ -176,6 +195,13 @@ def _ingest(args: argparse.Namespace, console: Console) -> int:
 
         write_html(report, args.html)
     print_summary(console, report, report_path=result.report_path, ledger_path=result.ledger_path)
+    if result.stopped is not None:
+        console.print(
+            f"stopped before the end: {result.stopped}; the work done is stored, run the same command "
+            "with a larger budget to go on",
+            highlight=False,
+        )
+        return 3
     return 0
 
 
@@ -284,7 +310,7 @@ def _compare(args: argparse.Namespace, console: Console) -> int:
 def main(argv: Sequence[str] | None = None, *, console: Console | None = None) -> int:
     args = build_parser().parse_args(argv)
     out = console or Console(stderr=False)
-    err = Console(stderr=True)
+    err = Console(stderr=True, soft_wrap=True)  # a message is never cut into lines
     handlers: dict[str, Any] = {
         "ingest": _ingest,
         "query": _query,
@@ -295,8 +321,11 @@ def main(argv: Sequence[str] | None = None, *, console: Console | None = None) -
     }
     try:
         code: int = handlers[args.command](args, out)
+    except BudgetExceeded as exc:
+        err.print(f"[bold red]over budget:[/bold red] {exc}", highlight=False, soft_wrap=True)
+        return 3
     except DocingestError as exc:
-        err.print(f"[bold red]error:[/bold red] {exc}", highlight=False)
+        err.print(f"[bold red]error:[/bold red] {exc}", highlight=False, soft_wrap=True)
         return 2
     return code
 

@@ -126,6 +126,11 @@ def summary_table(report: dict[str, Any]) -> Table:
         rows.append(
             ("cache hits (tokens saved)", f"{agg['cache_hits']:,} ({agg['tokens_saved_by_cache']:,})")
         )
+    if agg.get("files_unchanged"):
+        rows.append(("files unchanged (nothing sent)", agg["files_unchanged"]))
+    if agg.get("retry_wait_s") or agg.get("rate_limit_wait_s"):
+        waits = f"{agg.get('retry_wait_s') or 0:,.2f} s / {agg.get('rate_limit_wait_s') or 0:,.2f} s"
+        rows.append(("waited before retries / for rate limits (summed over requests)", waits))
     rows.append(
         ("wall time", f"{agg['wall_time_s']:.2f} s" if agg.get("wall_time_s") is not None else "unknown")
     )
@@ -146,6 +151,11 @@ def print_summary(
         console.print(
             "skipped: " + ", ".join(f"{n} {r}" for r, n in sorted(reasons.items())), highlight=False
         )
+    unchanged = report["aggregated"].get("files_unchanged")
+    if unchanged:
+        loaded = report["aggregated"].get("files_loaded", 0)
+        note = " (all of them)" if unchanged == loaded else ""
+        console.print(f"files unchanged: {unchanged}{note}", highlight=False)
     print_analysis(console, report)
     if report_path is not None:
         console.print(f"report: {report_path}", highlight=False)

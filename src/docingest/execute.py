@@ -3,8 +3,11 @@
 The SDK's client gets an httpx2 client whose transport records every attempt
 (:class:`~docingest.transport.AsyncRecordingTransport`) over either the network or, for a dry
 run, :class:`~docingest.transport.DryRunTransport`. The SDK does its own retrying (429, 408, 409,
-5xx, timeouts, dropped connections; ``retry-after`` honoured; never 400/401/403/404), and each
-of its attempts is its own ledger record.
+5xx, timeouts, dropped connections; exponential backoff with jitter; ``retry-after`` honoured;
+``max_retries`` bounds the attempts; never 400/401/403/404), and each of its attempts is its own
+ledger record, with the time waited before it (``retry_wait_s``, ``rate_limit_wait_s``). In
+front of the recording sits :class:`~docingest.ratelimit.GateTransport`: the budget and the
+client-side rate limits, applied to every attempt.
 """
 
 from __future__ import annotations
@@ -12,15 +15,17 @@ from __future__ import annotations
 import asyncio
 import base64
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from typing import Any
 
 import httpx2
 import numpy as np
 import openai
 
 from docingest.account import CallInfo, ChunkShare, StatsCollector, current_call
-from docingest.errors import ConfigError
+from docingest.errors import BudgetExceeded, ConfigError
 from docingest.plan import EmbeddingItem, SummaryRequest
+from docingest.ratelimit import GateTransport, RateLimiter, TokenBudget
 from docingest.simulate import SimOptions
 from docingest.transport import AsyncRecordingTransport, Counters, DryRunTransport
 
@@ -60,7 +65,12 @@ def build_async_client(
     counters: Counters | None = None,
     transport: httpx2.AsyncBaseTransport | None = None,
     sim_options: SimOptions | None = None,
+    limiter: RateLimiter | None = None,
+    budget: TokenBudget | None = None,
 ) -> openai.AsyncOpenAI:
+    """The SDK's async client over ``gate(recording(network or dry-run answers))``: the gate
+    (budget, then rate limits) runs before each attempt, retries included, and the recording
+    transport writes one ledger record per attempt."""
     api_key, base_url = resolve_credentials(settings)
     inner: httpx2.AsyncBaseTransport
     if transport is not None:
@@ -71,10 +81,10 @@ def build_async_client(
         inner = httpx2.AsyncHTTPTransport(
             limits=httpx2.Limits(max_connections=max(settings.concurrency, 1) * 2),
         )
-    http_client = httpx2.AsyncClient(
-        transport=AsyncRecordingTransport(inner, stats, counters=counters),
-        timeout=settings.timeout,
-    )
+    recording: httpx2.AsyncBaseTransport = AsyncRecordingTransport(inner, stats, counters=counters)
+    if limiter is not None or budget is not None:
+        recording = GateTransport(recording, limiter=limiter, budget=budget)
+    http_client = httpx2.AsyncClient(transport=recording, timeout=settings.timeout)
     return openai.AsyncOpenAI(
         api_key=api_key,
         base_url=base_url,
@@ -84,16 +94,59 @@ def build_async_client(
     )
 
 
-class Executor:
-    """Runs summary and embedding requests concurrently, at most ``concurrency`` at a time."""
+@dataclass(slots=True)
+class Outcome:
+    """One summary request's result: ``value`` or ``error`` (exactly one is None), and the
+    ledger records of its successful attempt, to be written with the stored result (:meth:`Executor.write`).
+    ``refused``: the budget stopped it before it was sent."""
 
-    def __init__(self, client: openai.AsyncOpenAI, settings: ClientSettings) -> None:
+    value: str | None
+    error: str | None
+    records: list[dict[str, Any]] = field(default_factory=list)
+    refused: bool = False
+
+
+@dataclass(slots=True)
+class EmbedOutcome:
+    """One (vector, error) per input, and the deferred records of the successful attempts."""
+
+    results: list[tuple[Vector | None, str | None]]
+    records: list[dict[str, Any]] = field(default_factory=list)
+    refused: bool = False
+
+
+class Executor:
+    """Runs summary and embedding requests concurrently, at most ``concurrency`` at a time.
+
+    Never raises for one request's failure (an API error, a malformed answer, a dropped
+    connection after the retries): the outcome carries the message and the run goes on.
+    With ``defer=True`` the ledger record of a successful attempt is handed back in the outcome
+    instead of written, so the caller can write it in the same step as the result it paid for.
+    """
+
+    def __init__(
+        self,
+        client: openai.AsyncOpenAI,
+        settings: ClientSettings,
+        *,
+        stats: StatsCollector | None = None,
+        defer: bool = False,
+    ) -> None:
         self.client = client
         self.settings = settings
+        self.stats = stats
+        self.defer = defer and stats is not None
         self._slots = asyncio.Semaphore(max(settings.concurrency, 1))
 
-    async def summarize(self, request: SummaryRequest) -> tuple[str | None, str | None]:
-        """(summary text, error message); exactly one of them is None."""
+    def write(self, records: Sequence[dict[str, Any]]) -> None:
+        """Write deferred ledger records (see :class:`Outcome`)."""
+        if self.stats is not None:
+            for record in records:
+                self.stats.record(record)
+        if isinstance(records, list):
+            records.clear()
+
+    async def summarize(self, request: SummaryRequest) -> Outcome:
         chunk = request.chunk
         info = CallInfo(
             "chat_summary",
@@ -101,7 +154,9 @@ class Executor:
             prompt_tokens=request.prompt_tokens,
             model=self.settings.chat_model,
             max_tokens=request.max_tokens,
+            deferred=[] if self.defer else None,
         )
+        records = info.deferred if info.deferred is not None else []
         async with self._slots:
             token = current_call.set(info)
             try:
@@ -110,13 +165,18 @@ class Executor:
                     messages=request.messages,  # type: ignore[arg-type]
                     max_tokens=request.max_tokens,
                 )
+                text = response.choices[0].message.content or ""
+            except BudgetExceeded as exc:
+                return Outcome(None, str(exc), records, refused=True)
             except openai.APIError as exc:
-                return None, _describe(exc)
+                return Outcome(None, _describe(exc), records)
+            except Exception as exc:  # a malformed answer: this chunk fails, the run goes on
+                return Outcome(None, f"{type(exc).__name__}: {exc}", records)
             finally:
                 current_call.reset(token)
-        return response.choices[0].message.content or "", None
+        return Outcome(text, None, records)
 
-    async def embed(self, items: Sequence[EmbeddingItem]) -> list[tuple[Vector | None, str | None]]:
+    async def embed(self, items: Sequence[EmbeddingItem]) -> EmbedOutcome:
         """One vector (or error) per item. A batch refused as a whole (400) is split in halves,
         so that only the inputs the API rejects fail."""
         info = CallInfo(
@@ -125,7 +185,9 @@ class Executor:
             prompt_tokens=sum(i.tokens for i in items),
             input_tokens=[i.tokens for i in items],
             model=self.settings.embedding_model,
+            deferred=[] if self.defer else None,
         )
+        records = info.deferred if info.deferred is not None else []
         error: str | None = None
         async with self._slots:
             token = current_call.set(info)
@@ -135,31 +197,44 @@ class Executor:
                     input=[i.input for i in items],
                     encoding_format="base64",
                 )
+                vectors = _vectors(response, len(items))
+            except BudgetExceeded as exc:
+                return EmbedOutcome([(None, str(exc))] * len(items), records, refused=True)
             except openai.BadRequestError as exc:
                 error = _describe(exc)
             except openai.APIError as exc:
-                return [(None, _describe(exc))] * len(items)
+                return EmbedOutcome([(None, _describe(exc))] * len(items), records)
+            except Exception as exc:  # a malformed answer
+                return EmbedOutcome([(None, f"{type(exc).__name__}: {exc}")] * len(items), records)
             finally:
                 current_call.reset(token)
         if error is not None:
             if len(items) == 1:
-                return [(None, error)]
+                return EmbedOutcome([(None, error)], records)
             half = len(items) // 2
             left, right = await asyncio.gather(self.embed(items[:half]), self.embed(items[half:]))
-            return left + right
-        vectors: list[tuple[Vector | None, str | None]] = [(None, "missing from response")] * len(items)
-        for datum in response.data:
-            raw = datum.embedding
-            vec = (
-                np.frombuffer(base64.b64decode(raw), dtype="<f4")
-                if isinstance(raw, str)
-                else np.asarray(raw, dtype=np.float32)
+            return EmbedOutcome(
+                left.results + right.results,
+                records + left.records + right.records,
+                refused=left.refused or right.refused,
             )
-            vectors[datum.index] = (vec, None)
-        return vectors
+        return EmbedOutcome(vectors, records)
 
     async def aclose(self) -> None:
         await self.client.close()
+
+
+def _vectors(response: Any, count: int) -> list[tuple[Vector | None, str | None]]:
+    vectors: list[tuple[Vector | None, str | None]] = [(None, "missing from response")] * count
+    for datum in response.data:
+        raw = datum.embedding
+        vec = (
+            np.frombuffer(base64.b64decode(raw), dtype="<f4")
+            if isinstance(raw, str)
+            else np.asarray(raw, dtype=np.float32)
+        )
+        vectors[datum.index] = (vec, None)
+    return vectors
 
 
 def _describe(exc: openai.APIError) -> str:

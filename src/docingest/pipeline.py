@@ -9,7 +9,8 @@ from __future__ import annotations
 import asyncio
 import os
 from collections import Counter
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Awaitable, Callable, Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -19,19 +20,21 @@ import httpx2
 from docingest.account import StatsCollector
 from docingest.chunk import Chunker, validate_chunking
 from docingest.discover import discover
-from docingest.errors import ConfigError, SourceError
+from docingest.errors import BudgetExceeded, ConfigError, SourceError
 from docingest.execute import ClientSettings, Executor, build_async_client, resolve_credentials
 from docingest.load import load
 from docingest.models import Chunk, Document, Skipped, SourceFile
 from docingest.plan import (
     CONTEXT_MODES,
     MAX_EMBEDDING_INPUT_TOKENS,
+    MAX_EMBEDDING_REQUEST_TOKENS,
     ContextMode,
     EmbeddingItem,
     Planner,
     SummaryRequest,
     batches,
 )
+from docingest.ratelimit import Pricer, RateLimiter, TokenBudget
 from docingest.simulate import SimOptions
 from docingest.store import KnowledgeBase
 from docingest.tokens import encoding_name_for_model
@@ -72,10 +75,14 @@ class IngestConfig:
     exclude: Sequence[str] = ()
     max_file_bytes: int = 2_000_000
     summary_tokens: int = 128
-    concurrency: int = 8
+    concurrency: int = 16
     max_retries: int = 4
     timeout: float = 60.0
     embedding_batch_size: int = 256
+    rpm: int | None = None  # client-side pacing; the server's x-ratelimit-* headers are learnt too
+    tpm: int | None = None
+    max_tokens: int | None = None  # budget: prompt tokens sent + completion (max_tokens until billed)
+    max_cost: float | None = None  # budget in USD, priced by docingest.cost
 
     def validate(self) -> None:
         validate_chunking(self.chunk_tokens, self.overlap_tokens)
@@ -85,6 +92,11 @@ class IngestConfig:
             raise ConfigError(f"--loader must be smart or raw (got {self.loader!r})")
         if self.concurrency < 1:
             raise ConfigError("--concurrency must be at least 1")
+        for flag, value in (("--rpm", self.rpm), ("--tpm", self.tpm), ("--max-tokens", self.max_tokens)):
+            if value is not None and value < 1:
+                raise ConfigError(f"{flag} must be at least 1 (got {value})")
+        if self.max_cost is not None and not self.max_cost > 0:
+            raise ConfigError(f"--max-cost must be more than 0 (got {self.max_cost})")
         if not 1 <= self.embedding_batch_size <= 2048:
             raise ConfigError("--embedding-batch must be between 1 and 2048 (the API's limit)")
         if not self.source.exists():
@@ -136,6 +148,8 @@ class RunResult:
     stats: StatsCollector
     report_path: Path
     ledger_path: Path
+    stopped: str | None = None  # why the run stopped before the end (the budget); None: it did not
+    forecast: Forecast | None = None  # the forecast checked against the budget, if there was one
 
 
 def default_report_path(run_id: str) -> Path:
@@ -174,10 +188,23 @@ class _Run:
             summary_tokens=config.summary_tokens,
         )
         settings = config.client_settings()
-        client = build_async_client(
-            settings, stats, counters=self.counters, transport=transport, sim_options=sim_options
+        self.budget = TokenBudget(
+            max_tokens=config.max_tokens, max_cost=config.max_cost, pricer=_pricer(config)
         )
-        self.executor = Executor(client, settings)
+        # a dry run answers at once: pacing it would only slow the forecast down
+        self.limiter = None if config.dry_run else RateLimiter(config.rpm, config.tpm)
+        client = build_async_client(
+            settings,
+            stats,
+            counters=self.counters,
+            transport=transport,
+            sim_options=sim_options,
+            limiter=self.limiter,
+            budget=self.budget if self.budget.enabled else None,
+        )
+        self.kb: KnowledgeBase | None = _open_kb(config)
+        self.writable = self.kb is not None and not self.kb.readonly
+        self.executor = Executor(client, settings, stats=stats, defer=self.writable)
         # The same plan under each --context mode: the report can say what another mode costs.
         self.alt_planners = {
             mode: Planner(
@@ -190,12 +217,16 @@ class _Run:
             )
             for mode in CONTEXT_MODES
         }
-        self.kb: KnowledgeBase | None = None if config.dry_run else KnowledgeBase(config.db)
         self.progress = Progress()
         self.on_progress = on_progress
         self._tasks: set[asyncio.Task[None]] = set()
         self._pending_embeddings: list[EmbeddingItem] = []
         self._max_in_flight = max(config.concurrency, 1) * 4
+        # requests in flight by content key, with the chunks waiting for the same result
+        self._summary_waiters: dict[str, list[SummaryRequest]] = {}
+        self._embedding_waiters: dict[str, list[EmbeddingItem]] = {}
+        self.stopped: str | None = None  # why the run stopped early (the budget)
+        self._error: BaseException | None = None
 
     # -- the stages ----------------------------------------------------------------------------
     def _discover(self) -> list[SourceFile]:
@@ -231,7 +262,9 @@ class _Run:
             self.stats.record_skip(file.path, "unreadable", exc.strerror or str(exc), file.size)
             return None
 
-    async def _account_file(self, file: SourceFile, doc: Document, chunks: list[Chunk]) -> tuple[int, int]:
+    async def _account_file(
+        self, file: SourceFile, doc: Document, chunks: list[Chunk], *, unchanged: bool = False
+    ) -> tuple[int, int]:
         count = self.chat_counter.count
         # One batch, counted in worker threads while the event loop goes on with the API calls.
         texts = [doc.source_text, doc.text, *(part.text for part in doc.dropped)]
@@ -251,10 +284,11 @@ class _Run:
             "notes": list(doc.notes),
             # The summaries' prompt tokens under each --context mode (the run's own is one of them).
             "chat_plan_tokens": {
-                mode: planner.prompt_tokens(doc, chunks)
-                for mode, planner in self.alt_planners.items()
+                mode: planner.prompt_tokens(doc, chunks) for mode, planner in self.alt_planners.items()
             },
             "metadata": doc.metadata,
+            # stored as it is, every chunk summarized and embedded by the same requests: nothing sent
+            "unchanged": unchanged,
         }
         if self.config.loader == "raw" and file.kind in ("markdown", "notebook"):
             # What the smart loader would have kept out: the non-text payload this run sends.
@@ -272,33 +306,157 @@ class _Run:
     async def _spawn(self, work: Awaitable[None]) -> None:
         while len(self._tasks) >= self._max_in_flight:
             await asyncio.wait(self._tasks, return_when=asyncio.FIRST_COMPLETED)
-        task: asyncio.Task[None] = asyncio.ensure_future(work)
+        task: asyncio.Task[None] = asyncio.ensure_future(self._guard(work))
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
 
-    async def _summarize(self, request: SummaryRequest) -> None:
-        text, _error = await self.executor.summarize(request)
-        if text is not None and self.kb is not None:
-            self.kb.put_summary(
-                request.key,
-                model=self.config.chat_model,
-                text=text,
-                prompt_tokens=request.prompt_tokens,
-                completion_tokens=None,
-                run_id=self.stats.run_id,
+    async def _guard(self, work: Awaitable[None]) -> None:
+        try:
+            await work
+        except Exception as exc:  # a bug or a broken knowledge base: stop, and say so at the end
+            self._error = self._error or exc
+            self.stopped = self.stopped or f"{type(exc).__name__}: {exc}"
+
+    @contextmanager
+    def _storing(self) -> Iterator[None]:
+        """One knowledge-base transaction (none in a dry run)."""
+        if self.kb is not None and self.writable:
+            with self.kb.transaction():
+                yield
+        else:
+            yield
+
+    # -- cache -----------------------------------------------------------------------------------
+    def _unchanged(
+        self, doc: Document, chunks: list[Chunk], requests: list[SummaryRequest], items: list[EmbeddingItem]
+    ) -> bool:
+        """The knowledge base holds this document as it is now, every chunk summarized and embedded
+        by the same requests: nothing to send, nothing to write."""
+        if self.kb is None or self.kb.document_sha(doc.path) != doc.sha256:
+            return False
+        stored = self.kb.get_chunks(doc.path)
+        if len(stored) != len(chunks):
+            return False
+        summary_keys = {r.chunk.index: r.key for r in requests}
+        embedding_keys = {i.chunk.index: i.key for i in items}
+        return all(
+            s.index == c.index
+            and s.sha256 == c.sha256
+            and s.summary_key == summary_keys.get(c.index)
+            and s.embedding_key == embedding_keys.get(c.index)
+            for s, c in zip(stored, chunks, strict=True)
+        )
+
+    def _cache_hit(self, chunk: Chunk, call_type: str, tokens: int, source: str) -> None:
+        self.stats.record(
+            {
+                "type": "cache_hit",
+                "call_type": call_type,
+                "path": chunk.path,
+                "index": chunk.index,
+                "tokens_saved": tokens,
+                "source": source,  # "knowledge_base" or "this_run" (an identical request earlier)
+            }
+        )
+
+    def _unsent(self, chunk: Chunk, call_type: str, tokens: int, reason: str) -> None:
+        self.stats.record(
+            {
+                "type": "unsent",
+                "call_type": call_type,
+                "path": chunk.path,
+                "index": chunk.index,
+                "tokens": tokens,
+                "reason": reason,
+            }
+        )
+
+    def _link(
+        self, chunk: Chunk, *, summary_key: str | None = None, embedding_key: str | None = None
+    ) -> None:
+        if self.kb is not None and self.writable:
+            self.kb.set_chunk_keys(
+                chunk.path, chunk.index, summary_key=summary_key, embedding_key=embedding_key
             )
-            self.kb.set_chunk_keys(request.chunk.path, request.chunk.index, summary_key=request.key)
+
+    # -- summaries ---------------------------------------------------------------------------------
+    async def _submit_summary(self, request: SummaryRequest) -> None:
+        waiters = self._summary_waiters.get(request.key)
+        if waiters is not None:  # the same request is in flight: wait for its answer
+            waiters.append(request)
+            return
+        if self.kb is not None and self.kb.get_summary(request.key) is not None:
+            self._link(request.chunk, summary_key=request.key)
+            self._cache_hit(request.chunk, "chat_summary", request.prompt_tokens, "knowledge_base")
+            return
+        self._summary_waiters[request.key] = []
+        self.progress.calls_planned += 1
+        await self._spawn(self._summarize(request))
+
+    async def _summarize(self, request: SummaryRequest) -> None:
+        outcome = await self.executor.summarize(request)
+        followers = self._summary_waiters.pop(request.key, [])
+        try:
+            with self._storing():
+                if outcome.value is not None and self.kb is not None and self.writable:
+                    self.kb.put_summary(
+                        request.key,
+                        model=self.config.chat_model,
+                        text=outcome.value,
+                        prompt_tokens=request.prompt_tokens,
+                        completion_tokens=_billed_completion(outcome.records),
+                        run_id=self.stats.run_id,
+                    )
+                    for r in (request, *followers):
+                        self._link(r.chunk, summary_key=request.key)
+                self.executor.write(outcome.records)  # the ledger's record, then the commit
+        finally:
+            self.executor.write(outcome.records)
+        if outcome.refused:
+            self._stop(outcome.error)
+            self._unsent(request.chunk, "chat_summary", request.prompt_tokens, f"budget: {outcome.error}")
+        for r in followers:
+            if outcome.value is not None:
+                self._cache_hit(r.chunk, "chat_summary", r.prompt_tokens, "this_run")
+            else:
+                self._unsent(
+                    r.chunk, "chat_summary", r.prompt_tokens, f"an identical request failed: {outcome.error}"
+                )
         self._done_call()
 
+    def _stop(self, reason: str | None) -> None:
+        self.stopped = self.stopped or reason or "stopped"
+
+    # -- embeddings --------------------------------------------------------------------------------
     async def _embed(self, items: list[EmbeddingItem]) -> None:
-        results = await self.executor.embed(items)
-        if self.kb is not None:
-            for item, (vector, _error) in zip(items, results, strict=True):
+        outcome = await self.executor.embed(items)
+        followers = {item.key: self._embedding_waiters.pop(item.key, []) for item in items}
+        try:
+            with self._storing():
+                for item, (vector, _error) in zip(items, outcome.results, strict=True):
+                    if vector is not None and self.kb is not None and self.writable:
+                        self.kb.put_embedding(
+                            item.key,
+                            model=self.config.embedding_model,
+                            vector=vector,
+                            run_id=self.stats.run_id,
+                        )
+                        for it in (item, *followers[item.key]):
+                            self._link(it.chunk, embedding_key=item.key)
+                self.executor.write(outcome.records)
+        finally:
+            self.executor.write(outcome.records)
+        for item, (vector, error) in zip(items, outcome.results, strict=True):
+            if vector is None and outcome.refused and error == self.budget.refused:
+                self._stop(error)
+                self._unsent(item.chunk, "create_embedding", item.tokens, f"budget: {error}")
+            for it in followers[item.key]:
                 if vector is not None:
-                    self.kb.put_embedding(
-                        item.key, model=self.config.embedding_model, vector=vector, run_id=self.stats.run_id
+                    self._cache_hit(it.chunk, "create_embedding", it.tokens, "this_run")
+                else:
+                    self._unsent(
+                        it.chunk, "create_embedding", it.tokens, f"an identical input failed: {error}"
                     )
-                    self.kb.set_chunk_keys(item.chunk.path, item.chunk.index, embedding_key=item.key)
         self._done_call()
 
     def _done_call(self) -> None:
@@ -312,25 +470,39 @@ class _Run:
     async def _queue_embeddings(self, items: list[EmbeddingItem], *, flush: bool = False) -> None:
         for item in items:
             if item.tokens > MAX_EMBEDDING_INPUT_TOKENS:
-                self.stats.record(
-                    {
-                        "type": "unsent",
-                        "call_type": "create_embedding",
-                        "path": item.chunk.path,
-                        "index": item.chunk.index,
-                        "tokens": item.tokens,
-                        "reason": f"input of {item.tokens} tokens is over the API's limit of "
-                        f"{MAX_EMBEDDING_INPUT_TOKENS} tokens per embedding input; lower --chunk-tokens",
-                    }
+                self._unsent(
+                    item.chunk,
+                    "create_embedding",
+                    item.tokens,
+                    f"input of {item.tokens} tokens is over the API's limit of "
+                    f"{MAX_EMBEDDING_INPUT_TOKENS} tokens per embedding input; lower --chunk-tokens",
                 )
+            elif (waiters := self._embedding_waiters.get(item.key)) is not None:
+                waiters.append(item)
+            elif self.kb is not None and self.kb.has_embedding(item.key):
+                self._link(item.chunk, embedding_key=item.key)
+                self._cache_hit(item.chunk, "create_embedding", item.tokens, "knowledge_base")
             else:
+                self._embedding_waiters[item.key] = []
                 self._pending_embeddings.append(item)
         size = self.config.embedding_batch_size
         while self._pending_embeddings and (flush or len(self._pending_embeddings) >= size):
+            if self.stopped:
+                return
             batch = next(batches(self._pending_embeddings, max_inputs=size))
             del self._pending_embeddings[: len(batch)]
             self.progress.calls_planned += 1
             await self._spawn(self._embed(batch))
+
+    # -- the run -----------------------------------------------------------------------------------
+    def _plan(self, file: SourceFile) -> _FilePlan | None:
+        doc = self._load(file)
+        if doc is None:
+            return None
+        chunks = self.chunker.chunk(doc)
+        requests = self.planner.summaries(doc, chunks)
+        items = self.planner.embeddings(chunks)
+        return _FilePlan(doc, chunks, requests, items, self._unchanged(doc, chunks, requests, items))
 
     async def run(self) -> None:
         files = self._discover()
@@ -338,33 +510,72 @@ class _Run:
         self._notify()
         seen: list[str] = []
         for file in files:
-            doc = self._load(file)
-            if doc is None:
+            if self.stopped:
+                break
+            plan = self._plan(file)
+            if plan is None:
                 continue
+            doc, chunks = plan.doc, plan.chunks
             seen.append(doc.path)
-            chunks = self.chunker.chunk(doc)
-            source_tokens, document_tokens = await self._account_file(file, doc, chunks)
-            if self.kb is not None:
-                self.kb.put_document(
-                    doc,
-                    chunks=chunks,
-                    source_tokens=source_tokens,
-                    document_tokens=document_tokens,
-                    run_id=self.stats.run_id,
-                )
+            source_tokens, document_tokens = await self._account_file(
+                file, doc, chunks, unchanged=plan.unchanged
+            )
             self.progress.chunks += len(chunks)
-            requests = self.planner.summaries(doc, chunks)
-            self.progress.calls_planned += len(requests)
-            for request in requests:
-                await self._spawn(self._summarize(request))
-            await self._queue_embeddings(self.planner.embeddings(chunks))
+            if plan.unchanged:
+                for request in plan.requests:
+                    self._cache_hit(request.chunk, "chat_summary", request.prompt_tokens, "knowledge_base")
+                for item in plan.items:
+                    self._cache_hit(item.chunk, "create_embedding", item.tokens, "knowledge_base")
+            else:
+                if self.kb is not None and self.writable:
+                    self.kb.put_document(
+                        doc,
+                        chunks=chunks,
+                        source_tokens=source_tokens,
+                        document_tokens=document_tokens,
+                        run_id=self.stats.run_id,
+                    )
+                for request in plan.requests:
+                    if self.stopped:
+                        break
+                    await self._submit_summary(request)
+                await self._queue_embeddings(plan.items)
             self.progress.files_done += 1
             self._notify()
         await self._queue_embeddings([], flush=True)
         while self._tasks:
             await asyncio.wait(self._tasks)
-        if self.kb is not None:
+        if self._error is not None:
+            raise self._error
+        if self.kb is not None and self.writable and not self.stopped:
             self.kb.remove_documents_except(seen)
+
+    def forecast(self) -> Forecast:
+        """What the run will send, request by request as :meth:`run` would (cache and identical
+        requests included), without sending or writing anything."""
+        fc = Forecast()
+        summaries: set[str] = set()
+        embeddings: set[str] = set()
+        inputs: list[int] = []  # tokens of each input to embed, batched at the end as run() does
+        for file in self._discover():
+            plan = self._plan(file)
+            if plan is None or plan.unchanged:
+                continue
+            for request in plan.requests:
+                if request.key in summaries or (self.kb is not None and self.kb.get_summary(request.key)):
+                    continue
+                summaries.add(request.key)
+                fc.add(self.config.chat_model, request.prompt_tokens, request.max_tokens, self.budget)
+            for item in plan.items:
+                if item.tokens > MAX_EMBEDDING_INPUT_TOKENS or item.key in embeddings:
+                    continue
+                if self.kb is not None and self.kb.has_embedding(item.key):
+                    continue
+                embeddings.add(item.key)
+                inputs.append(item.tokens)
+        for batch in _batch_sizes(inputs, self.config.embedding_batch_size):
+            fc.add(self.config.embedding_model, batch, 0, self.budget)
+        return fc
 
     async def aclose(self) -> None:
         for task in list(self._tasks):
@@ -372,6 +583,135 @@ class _Run:
         await self.executor.aclose()
         if self.kb is not None:
             self.kb.close()
+
+
+@dataclass(slots=True)
+class _FilePlan:
+    doc: Document
+    chunks: list[Chunk]
+    requests: list[SummaryRequest]
+    items: list[EmbeddingItem]
+    unchanged: bool
+
+
+@dataclass(slots=True)
+class Forecast:
+    """The requests a run would send: prompt tokens, the completion tokens they may bring back."""
+
+    requests: int = 0
+    prompt_tokens: int = 0
+    completion_tokens: int = 0  # the sum of max_tokens: the most the answers can bill
+    usd: float | None = 0.0
+
+    @property
+    def tokens(self) -> int:
+        return self.prompt_tokens + self.completion_tokens
+
+    def add(self, model: str, prompt: int, completion: int, budget: TokenBudget) -> None:
+        self.requests += 1
+        self.prompt_tokens += prompt
+        self.completion_tokens += completion
+        if budget.pricer is not None and self.usd is not None:
+            price = budget.pricer(model, prompt, completion)
+            self.usd = None if price is None else self.usd + price
+
+    def as_record(self) -> dict[str, Any]:
+        return {
+            "requests": self.requests,
+            "prompt_tokens": self.prompt_tokens,
+            "completion_tokens": self.completion_tokens,
+            "tokens": self.tokens,
+            "usd": None if self.usd is None else round(self.usd, 6),
+        }
+
+    def over(self, config: IngestConfig) -> str | None:
+        """Why the forecast does not fit the budget (None: it fits)."""
+        if config.max_tokens is not None and self.tokens > config.max_tokens:
+            return (
+                f"the forecast is {self.tokens:,} tokens ({self.prompt_tokens:,} prompt tokens in "
+                f"{self.requests:,} requests + up to {self.completion_tokens:,} completion tokens), "
+                f"over --max-tokens {config.max_tokens:,}"
+            )
+        if config.max_cost is not None and self.usd is not None and self.usd > config.max_cost:
+            return f"the forecast costs up to ${self.usd:.4f}, over --max-cost ${config.max_cost:.4f}"
+        return None
+
+
+HOW_TO_LOWER = (
+    "lower it with --context none (no context message per chunk), a smaller --summary-tokens, "
+    "--include/--exclude to ingest fewer files, or raise the budget"
+)
+
+
+def _open_kb(config: IngestConfig) -> KnowledgeBase | None:
+    """The knowledge base; in a dry run, the existing one read-only (the forecast counts its cache)."""
+    if not config.dry_run:
+        return KnowledgeBase(config.db)
+    if not config.db.is_file():
+        return None
+    try:
+        return KnowledgeBase(config.db, readonly=True)
+    except ConfigError:
+        return None
+
+
+def _pricer(config: IngestConfig) -> Pricer | None:
+    """USD of (model, prompt, completion) for --max-cost; None when there is no cost budget."""
+    if config.max_cost is None:
+        return None
+    try:
+        from docingest.cost import MTOK, PriceTable
+    except ImportError as exc:  # pragma: no cover - cost.py ships with docingest
+        raise ConfigError(f"--max-cost needs docingest.cost ({exc}); use --max-tokens instead") from exc
+    table = PriceTable()
+    for model in (config.chat_model, config.embedding_model):
+        if table.price(model) is None:
+            raise ConfigError(
+                f"--max-cost: no price is known for model {model!r}, so the cost cannot be checked; "
+                "use --max-tokens instead, or a model genai-prices knows"
+            )
+
+    def price(model: str | None, prompt: int, completion: int) -> float | None:
+        p = table.price(model)
+        return None if p is None else (prompt * p.input + completion * p.output) / MTOK
+
+    return price
+
+
+def _batch_sizes(tokens: list[int], max_inputs: int) -> Iterator[int]:
+    """The tokens of each embeddings request :func:`~docingest.plan.batches` would make."""
+    count = total = 0
+    for n in tokens:
+        if count and (count >= max_inputs or total + n > MAX_EMBEDDING_REQUEST_TOKENS):
+            yield total
+            count = total = 0
+        count += 1
+        total += n
+    if count:
+        yield total
+
+
+def _billed_completion(records: list[dict[str, Any]]) -> int | None:
+    for record in records:
+        billed = record.get("billed") or {}
+        if isinstance(billed.get("completion_tokens"), int):
+            return int(billed["completion_tokens"])
+    return None
+
+
+async def aforecast(
+    config: IngestConfig,
+    *,
+    transport: httpx2.AsyncBaseTransport | None = None,
+    sim_options: SimOptions | None = None,
+) -> Forecast:
+    """What ``config``'s run would send (the knowledge base's cache counted), sending nothing."""
+    config.validate()
+    run = _Run(config, StatsCollector(None), transport=transport, sim_options=sim_options, on_progress=None)
+    try:
+        return run.forecast()
+    finally:
+        await run.aclose()
 
 
 async def aingest(
@@ -382,11 +722,25 @@ async def aingest(
     on_progress: ProgressHook | None = None,
     run_id: str | None = None,
 ) -> RunResult:
-    """Ingest ``config.source``; returns the statistics and where the report and ledger are."""
+    """Ingest ``config.source``; returns the statistics and where the report and ledger are.
+
+    With a budget (``max_tokens``, ``max_cost``) the whole plan is forecast first and the run
+    refuses to start (:class:`BudgetExceeded`) when the forecast is over it; during the run, a
+    request that would cross it is not sent and the run stops (``RunResult.stopped``).
+    """
     config.validate()
+    forecast: Forecast | None = None
+    if config.max_tokens is not None or config.max_cost is not None:
+        forecast = await aforecast(config, transport=transport, sim_options=sim_options)
+        over = forecast.over(config)
+        if over is not None:
+            raise BudgetExceeded(f"{over}: nothing was sent; {HOW_TO_LOWER}")
     stats = StatsCollector(None, run_id=run_id)
     report_path = config.report or default_report_path(stats.run_id)
     ledger = config.ledger or ledger_path_for(report_path)
+    if ledger.exists():  # each run has its own ledger: never append to another run's
+        stem = ledger.name[: -len(".ledger.jsonl")] if ledger.name.endswith(".ledger.jsonl") else ledger.stem
+        ledger = ledger.with_name(f"{stem}.{stats.run_id}.ledger.jsonl")
     stats = StatsCollector(ledger, run_id=stats.run_id)
     stats.start(
         dry_run=config.dry_run,
@@ -400,9 +754,15 @@ async def aingest(
             "library": "tiktoken",
         },
     )
-    run = _Run(config, stats, transport=transport, sim_options=sim_options, on_progress=on_progress)
+    if forecast is not None:
+        stats.record({"type": "forecast", **forecast.as_record()})
+    try:
+        run = _Run(config, stats, transport=transport, sim_options=sim_options, on_progress=on_progress)
+    except BaseException:
+        stats.finish("failed")
+        raise
     status = "completed"
-    if run.kb is not None:
+    if run.kb is not None and run.writable:
         run.kb.begin_run(
             stats.run_id,
             started_at=str(stats.run.get("started_at")),
@@ -412,6 +772,8 @@ async def aingest(
         )
     try:
         await run.run()
+        if run.stopped is not None:
+            status = "stopped"
     except (KeyboardInterrupt, asyncio.CancelledError):
         status = "interrupted"
         raise
@@ -420,7 +782,7 @@ async def aingest(
         raise
     finally:
         stats.finish(status)
-        if run.kb is not None:
+        if run.kb is not None and run.writable:
             run.kb.finish_run(
                 stats.run_id,
                 finished_at=str(stats.run.get("finished_at")),
@@ -428,7 +790,9 @@ async def aingest(
                 status=status,
             )
         await run.aclose()
-    return RunResult(stats=stats, report_path=report_path, ledger_path=ledger)
+    return RunResult(
+        stats=stats, report_path=report_path, ledger_path=ledger, stopped=run.stopped, forecast=forecast
+    )
 
 
 def ingest(config: IngestConfig, **kwargs: Any) -> RunResult:

@@ -69,18 +69,26 @@ class KnowledgeBase:
     Use as a context manager, or call ``close()``.
     """
 
-    def __init__(self, path: Path, *, timeout: float = 5.0, block_rows: int = 4096) -> None:
+    def __init__(
+        self, path: Path, *, timeout: float = 5.0, block_rows: int = 4096, readonly: bool = False
+    ) -> None:
         """``timeout``: seconds to wait for another writer's lock. ``block_rows``: embeddings
-        loaded per block by ``query``, which bounds its memory."""
+        loaded per block by ``query``, which bounds its memory. ``readonly``: open an existing
+        file for reading only (a dry run's forecast reads the cache; it never writes)."""
         if block_rows < 1:
             raise ValueError("block_rows must be at least 1")
         self.path = Path(path)
         self._block_rows = block_rows
         self._depth = 0
+        self.readonly = readonly
         try:
-            self.path.parent.mkdir(parents=True, exist_ok=True)
-            # isolation_level=None: sqlite3 opens no implicit transactions; transaction() does.
-            conn = sqlite3.connect(self.path, timeout=timeout, isolation_level=None)
+            if readonly:
+                uri = self.path.resolve().as_uri() + "?mode=ro"
+                conn = sqlite3.connect(uri, uri=True, timeout=timeout, isolation_level=None)
+            else:
+                self.path.parent.mkdir(parents=True, exist_ok=True)
+                # isolation_level=None: sqlite3 opens no implicit transactions; transaction() does.
+                conn = sqlite3.connect(self.path, timeout=timeout, isolation_level=None)
         except (OSError, sqlite3.Error) as exc:
             raise ConfigError(
                 f"cannot open the knowledge base at {self.path}: {exc}; "
@@ -89,10 +97,11 @@ class KnowledgeBase:
         self._conn = conn
         try:
             conn.execute(f"PRAGMA busy_timeout = {int(timeout * 1000)}")
-            conn.execute("PRAGMA journal_mode = WAL")
-            conn.execute("PRAGMA synchronous = NORMAL")
-            conn.execute("PRAGMA foreign_keys = ON")
-            migrate(conn)
+            if not readonly:
+                conn.execute("PRAGMA journal_mode = WAL")
+                conn.execute("PRAGMA synchronous = NORMAL")
+                conn.execute("PRAGMA foreign_keys = ON")
+                migrate(conn)
         except sqlite3.DatabaseError as exc:
             conn.close()
             raise ConfigError(

@@ -23,6 +23,7 @@ from typing import Any
 import httpx2
 
 from docingest.account import CallInfo, ChunkShare, StatsCollector, current_call, current_chunk
+from docingest.ratelimit import WAIT_EXTENSION
 from docingest.simulate import SimOptions, respond
 from docingest.tokens import TokenCounter, encoding_name_for_model
 
@@ -160,6 +161,8 @@ class _Pending:
     inputs: int | None
     t0: float
     template: str | None = None
+    rate_limit_wait: float | None = None
+    retry_wait: float | None = None
 
 
 class _Recorder:
@@ -199,17 +202,27 @@ class _Recorder:
             else:
                 site = site or caller_site()
                 template = prompt_template(call_type, payload) if info is None else None
+        t0 = self.clock()
+        waited = request.extensions.get(WAIT_EXTENSION)
+        rate_limit_wait = float(waited) if isinstance(waited, int | float) else None
+        attempt = int(request.headers.get("x-stainless-retry-count", "0") or 0)
+        retry_wait: float | None = None
+        if info is not None and attempt > 0 and info.last_attempt_end is not None:
+            # the gap since the previous attempt ended: the SDK's backoff or retry-after
+            retry_wait = max(0.0, t0 - info.last_attempt_end - (rate_limit_wait or 0.0))
         return _Pending(
             call_type=call_type,
             model=model,
             prompt_tokens=prompt_tokens,
             chunks=chunks,
             site=site,
-            attempt=int(request.headers.get("x-stainless-retry-count", "0") or 0),
+            attempt=attempt,
             max_tokens=max_tokens if isinstance(max_tokens, int) else None,
             inputs=inputs,
-            t0=self.clock(),
+            t0=t0,
             template=template,
+            rate_limit_wait=rate_limit_wait,
+            retry_wait=retry_wait,
         )
 
     def _count(self, call_type: str, payload: Mapping[str, Any], model: str) -> int:
@@ -236,7 +249,11 @@ class _Recorder:
         error: str | None,
         headers: Mapping[str, str] | None = None,
     ) -> None:
-        latency = self.clock() - pending.t0
+        end = self.clock()
+        latency = end - pending.t0
+        info = current_call.get()
+        if info is not None:
+            info.last_attempt_end = end
         billed: dict[str, Any] | None = None
         ok = error is None and status_code is not None and 200 <= status_code < 300
         if body is not None and status_code is not None:
@@ -285,6 +302,14 @@ class _Recorder:
             record["error_details"] = error
         if headers is not None and "retry-after" in headers:
             record["retry_after"] = headers["retry-after"]
+        if pending.rate_limit_wait:
+            record["rate_limit_wait_s"] = round(pending.rate_limit_wait, 6)
+        if pending.retry_wait is not None:
+            record["retry_wait_s"] = round(pending.retry_wait, 6)
+        if ok and info is not None and info.deferred is not None:
+            # the caller writes it once the result is stored (see CallInfo.deferred)
+            info.deferred.append(record)
+            return
         self.stats.record(record)
 
 
