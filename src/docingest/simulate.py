@@ -470,7 +470,7 @@ def _embeddings(
 
 
 _word_hash_cache: dict[str, int] = {}
-_WORD_HASH_CACHE_LIMIT = 1 << 20
+_WORD_HASH_CACHE_LIMIT = 1 << 17  # ~20 MB: a docs vocabulary fits; unique ids do not grow memory
 _BIGRAM_MULTIPLIER = np.uint64(0x9E3779B97F4A7C15)
 
 
