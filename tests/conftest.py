@@ -82,3 +82,13 @@ def connections() -> Callable[[], list[object]]:
     """A function listing the addresses connected to since the test began (loopback only)."""
     start = len(CONNECTIONS)
     return lambda: list(CONNECTIONS[start:])
+
+
+@pytest.fixture(autouse=True)
+def _collect_garbage_after_each_test() -> object:
+    """Unclosed sockets and transports warn when collected: collect after each test, so the
+    warning (an error here) names the test that leaked them instead of a later one."""
+    import gc
+
+    yield
+    gc.collect()
