@@ -9,11 +9,12 @@ from pathlib import Path
 import pytest
 
 from docingest.account import StatsCollector
+from docingest.budget import TokenBudget
 from docingest.errors import BudgetExceeded
 from docingest.execute import ClientSettings, Executor, build_async_client
 from docingest.models import Chunk
 from docingest.plan import SummaryRequest, content_key
-from docingest.ratelimit import RateLimiter, TokenBudget, parse_duration, retry_after_seconds
+from docingest.ratelimit import RateLimiter, parse_duration, retry_after_seconds
 from docingest.testing.openai_server import OpenAIServer
 
 

@@ -23,9 +23,10 @@ import numpy as np
 import openai
 
 from docingest.account import CallInfo, ChunkShare, StatsCollector, current_call
+from docingest.budget import TokenBudget
 from docingest.errors import BudgetExceeded, ConfigError
 from docingest.plan import EmbeddingItem, SummaryRequest
-from docingest.ratelimit import GateTransport, RateLimiter, TokenBudget
+from docingest.ratelimit import GateTransport, RateLimiter
 from docingest.simulate import SimOptions
 from docingest.transport import AsyncRecordingTransport, Counters, DryRunTransport
 

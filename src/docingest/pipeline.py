@@ -18,6 +18,7 @@ from typing import Any
 import httpx2
 
 from docingest.account import StatsCollector
+from docingest.budget import HOW_TO_LOWER, Forecast, TokenBudget, batch_sizes, pricer_for
 from docingest.chunk import Chunker, validate_chunking
 from docingest.discover import discover
 from docingest.errors import BudgetExceeded, ConfigError, SourceError
@@ -27,14 +28,13 @@ from docingest.models import Chunk, Document, Skipped, SourceFile
 from docingest.plan import (
     CONTEXT_MODES,
     MAX_EMBEDDING_INPUT_TOKENS,
-    MAX_EMBEDDING_REQUEST_TOKENS,
     ContextMode,
     EmbeddingItem,
     Planner,
     SummaryRequest,
     batches,
 )
-from docingest.ratelimit import Pricer, RateLimiter, TokenBudget
+from docingest.ratelimit import RateLimiter
 from docingest.simulate import SimOptions
 from docingest.store import KnowledgeBase
 from docingest.tokens import encoding_name_for_model
@@ -189,7 +189,9 @@ class _Run:
         )
         settings = config.client_settings()
         self.budget = TokenBudget(
-            max_tokens=config.max_tokens, max_cost=config.max_cost, pricer=_pricer(config)
+            max_tokens=config.max_tokens,
+            max_cost=config.max_cost,
+            pricer=pricer_for(config.max_cost, [config.chat_model, config.embedding_model]),
         )
         # a dry run answers at once: pacing it would only slow the forecast down
         self.limiter = None if config.dry_run else RateLimiter(config.rpm, config.tpm)
@@ -573,7 +575,7 @@ class _Run:
                     continue
                 embeddings.add(item.key)
                 inputs.append(item.tokens)
-        for batch in _batch_sizes(inputs, self.config.embedding_batch_size):
+        for batch in batch_sizes(inputs, self.config.embedding_batch_size):
             fc.add(self.config.embedding_model, batch, 0, self.budget)
         return fc
 
@@ -594,55 +596,6 @@ class _FilePlan:
     unchanged: bool
 
 
-@dataclass(slots=True)
-class Forecast:
-    """The requests a run would send: prompt tokens, the completion tokens they may bring back."""
-
-    requests: int = 0
-    prompt_tokens: int = 0
-    completion_tokens: int = 0  # the sum of max_tokens: the most the answers can bill
-    usd: float | None = 0.0
-
-    @property
-    def tokens(self) -> int:
-        return self.prompt_tokens + self.completion_tokens
-
-    def add(self, model: str, prompt: int, completion: int, budget: TokenBudget) -> None:
-        self.requests += 1
-        self.prompt_tokens += prompt
-        self.completion_tokens += completion
-        if budget.pricer is not None and self.usd is not None:
-            price = budget.pricer(model, prompt, completion)
-            self.usd = None if price is None else self.usd + price
-
-    def as_record(self) -> dict[str, Any]:
-        return {
-            "requests": self.requests,
-            "prompt_tokens": self.prompt_tokens,
-            "completion_tokens": self.completion_tokens,
-            "tokens": self.tokens,
-            "usd": None if self.usd is None else round(self.usd, 6),
-        }
-
-    def over(self, config: IngestConfig) -> str | None:
-        """Why the forecast does not fit the budget (None: it fits)."""
-        if config.max_tokens is not None and self.tokens > config.max_tokens:
-            return (
-                f"the forecast is {self.tokens:,} tokens ({self.prompt_tokens:,} prompt tokens in "
-                f"{self.requests:,} requests + up to {self.completion_tokens:,} completion tokens), "
-                f"over --max-tokens {config.max_tokens:,}"
-            )
-        if config.max_cost is not None and self.usd is not None and self.usd > config.max_cost:
-            return f"the forecast costs up to ${self.usd:.4f}, over --max-cost ${config.max_cost:.4f}"
-        return None
-
-
-HOW_TO_LOWER = (
-    "lower it with --context none (no context message per chunk), a smaller --summary-tokens, "
-    "--include/--exclude to ingest fewer files, or raise the budget"
-)
-
-
 def _open_kb(config: IngestConfig) -> KnowledgeBase | None:
     """The knowledge base; in a dry run, the existing one read-only (the forecast counts its cache)."""
     if not config.dry_run:
@@ -653,42 +606,6 @@ def _open_kb(config: IngestConfig) -> KnowledgeBase | None:
         return KnowledgeBase(config.db, readonly=True)
     except ConfigError:
         return None
-
-
-def _pricer(config: IngestConfig) -> Pricer | None:
-    """USD of (model, prompt, completion) for --max-cost; None when there is no cost budget."""
-    if config.max_cost is None:
-        return None
-    try:
-        from docingest.cost import MTOK, PriceTable
-    except ImportError as exc:  # pragma: no cover - cost.py ships with docingest
-        raise ConfigError(f"--max-cost needs docingest.cost ({exc}); use --max-tokens instead") from exc
-    table = PriceTable()
-    for model in (config.chat_model, config.embedding_model):
-        if table.price(model) is None:
-            raise ConfigError(
-                f"--max-cost: no price is known for model {model!r}, so the cost cannot be checked; "
-                "use --max-tokens instead, or a model genai-prices knows"
-            )
-
-    def price(model: str | None, prompt: int, completion: int) -> float | None:
-        p = table.price(model)
-        return None if p is None else (prompt * p.input + completion * p.output) / MTOK
-
-    return price
-
-
-def _batch_sizes(tokens: list[int], max_inputs: int) -> Iterator[int]:
-    """The tokens of each embeddings request :func:`~docingest.plan.batches` would make."""
-    count = total = 0
-    for n in tokens:
-        if count and (count >= max_inputs or total + n > MAX_EMBEDDING_REQUEST_TOKENS):
-            yield total
-            count = total = 0
-        count += 1
-        total += n
-    if count:
-        yield total
 
 
 def _billed_completion(records: list[dict[str, Any]]) -> int | None:
@@ -732,7 +649,7 @@ async def aingest(
     forecast: Forecast | None = None
     if config.max_tokens is not None or config.max_cost is not None:
         forecast = await aforecast(config, transport=transport, sim_options=sim_options)
-        over = forecast.over(config)
+        over = forecast.over(config.max_tokens, config.max_cost)
         if over is not None:
             raise BudgetExceeded(f"{over}: nothing was sent; {HOW_TO_LOWER}")
     stats = StatsCollector(None, run_id=run_id)

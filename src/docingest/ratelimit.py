@@ -15,10 +15,8 @@ The limiter learns from the answers (:meth:`RateLimiter.observe`):
   when there is none), so it is not overrun;
 - ``retry-after`` / ``retry-after-ms`` of a 429: nobody is admitted until it has passed.
 
-``TokenBudget`` enforces ``--max-tokens`` / ``--max-cost`` per HTTP attempt (retries included):
-an attempt reserves its prompt tokens plus its worst-case completion (``max_tokens``) before it
-is sent, and one that would cross the budget is refused with :class:`~docingest.errors.BudgetExceeded`
-and never sent. After the answer the reservation is settled to the billed completion.
+The budget (:class:`docingest.budget.TokenBudget`) is checked per HTTP attempt, retries
+included: an attempt that would cross ``--max-tokens`` / ``--max-cost`` is never sent.
 
 ``GateTransport`` applies both in front of the recording transport, once per attempt, and puts
 the time it waited in ``request.extensions["docingest_rate_limit_wait_s"]`` for the ledger.
@@ -34,11 +32,11 @@ import threading
 import time
 from collections import deque
 from collections.abc import Awaitable, Callable, Mapping
-from dataclasses import dataclass
 
 import httpx2
 
 from docingest.account import current_call
+from docingest.budget import Reservation, TokenBudget
 from docingest.errors import BudgetExceeded
 
 WINDOW_SECONDS = 60.0
@@ -239,74 +237,6 @@ class RateLimiter:
                     self._external[kind] = (now + (self.window if reset is None else reset), theirs)
                 else:
                     self._external.pop(kind, None)
-
-
-@dataclass(slots=True)
-class Reservation:
-    prompt_tokens: int
-    completion_tokens: int
-    model: str | None
-    usd: float
-
-
-Pricer = Callable[[str | None, int, int], float | None]
-
-
-class TokenBudget:
-    """``--max-tokens`` (prompt tokens sent plus completion tokens) and ``--max-cost`` (USD)."""
-
-    def __init__(
-        self, *, max_tokens: int | None = None, max_cost: float | None = None, pricer: Pricer | None = None
-    ) -> None:
-        self.max_tokens = max_tokens
-        self.max_cost = max_cost if pricer is not None else None
-        self.pricer = pricer
-        self.spent_tokens = 0
-        self.spent_usd = 0.0
-        self.refused: str | None = None  # the first refusal: nothing is sent after it
-        self._mutex = threading.Lock()
-
-    @property
-    def enabled(self) -> bool:
-        return self.max_tokens is not None or self.max_cost is not None
-
-    def _usd(self, model: str | None, prompt: int, completion: int) -> float:
-        value = self.pricer(model, prompt, completion) if self.pricer is not None else None
-        return value or 0.0
-
-    def reserve(self, prompt_tokens: int, completion_tokens: int, model: str | None) -> Reservation:
-        """Count an attempt in before it is sent, or raise ``BudgetExceeded`` (and refuse all after)."""
-        usd = self._usd(model, prompt_tokens, completion_tokens) if self.max_cost is not None else 0.0
-        with self._mutex:
-            tokens = self.spent_tokens + prompt_tokens + completion_tokens
-            if self.refused is None:
-                if self.max_tokens is not None and tokens > self.max_tokens:
-                    self.refused = (
-                        f"sending {prompt_tokens:,} prompt tokens (+{completion_tokens:,} completion "
-                        f"at most) would bring the run to {tokens:,} tokens, over --max-tokens "
-                        f"{self.max_tokens:,} ({self.spent_tokens:,} spent)"
-                    )
-                elif self.max_cost is not None and self.spent_usd + usd > self.max_cost:
-                    self.refused = (
-                        f"the next request (${usd:.6f} at most) would bring the run to "
-                        f"${self.spent_usd + usd:.6f}, over --max-cost ${self.max_cost:.6f}"
-                    )
-            if self.refused is not None:
-                raise BudgetExceeded(self.refused)
-            self.spent_tokens = tokens
-            self.spent_usd += usd
-            return Reservation(prompt_tokens, completion_tokens, model, usd)
-
-    def settle(self, reservation: Reservation, *, ok: bool, completion_tokens: int | None) -> None:
-        """After the answer: a failed attempt has no completion; a billed one costs what it billed."""
-        actual = reservation.completion_tokens if completion_tokens is None else completion_tokens
-        actual = min(actual, reservation.completion_tokens) if ok else 0
-        usd = 0.0
-        if self.max_cost is not None:
-            usd = self._usd(reservation.model, reservation.prompt_tokens, actual)
-        with self._mutex:
-            self.spent_tokens -= reservation.completion_tokens - actual
-            self.spent_usd -= reservation.usd - usd
 
 
 def _weigh(request: httpx2.Request) -> tuple[int, int, str | None]:
