@@ -42,11 +42,11 @@ class ProgressView:
         self.get_time = get_time
         self.interval = interval
         self._last_line = get_time()
-        self._bar: Progress | None = None
+        self.bar: Progress | None = None
         self._files_task: Any = None
         self._calls_task: Any = None
         if console.is_terminal:
-            self._bar = Progress(
+            self.bar = Progress(
                 TextColumn("[bold]{task.description}"),
                 BarColumn(),
                 MofNCompleteColumn(),
@@ -59,26 +59,26 @@ class ProgressView:
             )
 
     def __enter__(self) -> ProgressView:
-        if self._bar is not None:
-            self._bar.start()
-            self._files_task = self._bar.add_task("files", total=None, extra="")
-            self._calls_task = self._bar.add_task("calls", total=None, extra="")
+        if self.bar is not None:
+            self.bar.start()
+            self._files_task = self.bar.add_task("files", total=None, extra="")
+            self._calls_task = self.bar.add_task("calls", total=None, extra="")
         return self
 
     def __exit__(self, *exc: object) -> None:
-        if self._bar is not None:
-            self._bar.stop()
+        if self.bar is not None:
+            self.bar.stop()
 
     def update(self, progress: RunProgress, stats: StatsCollector) -> None:
         sent = stats.total_tokens_sent
-        if self._bar is not None:
-            self._bar.update(
+        if self.bar is not None:
+            self.bar.update(
                 self._files_task,
                 total=progress.files_total,
                 completed=progress.files_done,
                 extra=f"{progress.chunks:,} chunks",
             )
-            self._bar.update(
+            self.bar.update(
                 self._calls_task,
                 total=progress.calls_planned or None,
                 completed=progress.calls_done,
