@@ -322,3 +322,28 @@ def test_count_request_weights_for_rate_limits():
     assert emb_count.input_tokens == tuple(TokenCounter("cl100k_base").count_many(["a b", "c d e f"]))
     assert emb_count.rate_limit_tokens == sum(emb_count.input_tokens)
     assert count_request(CHAT, {"model": "gpt-4o-mini"}).prompt_tokens is None
+
+
+def test_summary_of_long_texts_is_the_same_as_cutting_the_whole_encoding():
+    """The cut reads only the head of a long text; it must give what cutting all of it gives."""
+    from docingest.simulate import _cut
+    from docingest.tokens import TokenCounter
+
+    counter = TokenCounter("o200k_base")
+    texts = [
+        "word " * 5000,
+        "x" * 40_000,  # long tokens: few tokens per character
+        "ünïcödé " * 3000,
+        "short text",
+        "a" * 12 + " b" * 30,
+    ]
+    for text in texts:
+        for limit in (1, 7, 48):
+            content, truncated = _cut(counter, text, limit)
+            full = counter.encode(text)
+            assert truncated == (len(full) > limit)
+            assert text.startswith(content)
+            if truncated:
+                assert len(counter.encode(content)) == limit
+            else:
+                assert content == text

@@ -295,7 +295,7 @@ def _chat(
     completion = counter.count(content)
     cut_by_max_tokens = truncated and max_tokens is not None and max_tokens < options.summary_tokens
     body: dict[str, Any] = {
-        "id": "chatcmpl-" + _digest(payload)[:29],
+        "id": "chatcmpl-" + _digest([model, prompt, max_tokens, source])[:29],
         "object": "chat.completion",
         "created": CREATED,
         "model": model,
@@ -341,8 +341,12 @@ def _cut(counter: TokenCounter, text: str, limit: int) -> tuple[str, bool]:
     A prefix of a token sequence does not always re-encode to the same number of tokens (a cut
     inside a word or a multi-byte character), so nearby cut points are tried.
     """
-    tokens = counter.encode(text)
-    if len(tokens) <= limit:
+    head = text[: limit * 16 + 256]  # enough characters for ``limit`` tokens, almost always
+    tokens = counter.encode(head)
+    whole = len(head) == len(text)
+    if not whole and len(tokens) <= limit + 8:  # rare: very long tokens; encode it all
+        tokens, whole = counter.encode(text), True
+    if whole and len(tokens) <= limit:
         return text, False
     best = counter.decode(tokens[:limit])
     for k in (limit, *(limit + d for d in (1, -1, 2, -2, 3, -3, 4, -4) if 0 < limit + d < len(tokens))):
@@ -352,9 +356,11 @@ def _cut(counter: TokenCounter, text: str, limit: int) -> tuple[str, bool]:
     return best, True
 
 
-def _digest(payload: Mapping[str, Any]) -> str:
-    raw = json.dumps(payload, sort_keys=True, ensure_ascii=False, default=str)
-    return hashlib.sha256(raw.encode()).hexdigest()
+def _digest(parts: object) -> str:
+    """A deterministic id from what identifies the answer (not the whole prompt: with the whole
+    document in every request, hashing it all would cost more than the answer itself)."""
+    raw = json.dumps(parts, sort_keys=True, ensure_ascii=False, default=str)
+    return hashlib.sha256(raw.encode("utf-8", "surrogatepass")).hexdigest()
 
 
 # --- embeddings -------------------------------------------------------------------------
