@@ -12,7 +12,7 @@ import pytest
 from rich.console import Console
 
 from docingest.cli import build_parser, main
-from docingest.pipeline import env_dry_run
+from docingest.config import env_dry_run
 
 ROOT = Path(__file__).resolve().parents[1]
 SAMPLE = ROOT / "examples" / "sample-docs"
@@ -132,3 +132,26 @@ def test_no_api_key_ever_reaches_the_outputs(tmp_path, monkeypatch):
         assert "sk-very-secret-key-000" not in path.read_text()
     assert "sk-very-secret-key-000" not in out.getvalue()
     assert os.environ["OPENAI_API_KEY"] == "sk-very-secret-key-000"
+
+
+@pytest.mark.parametrize(
+    ("flag", "value", "message"),
+    [
+        ("--chunk-tokens", "0", "--chunk-tokens must be at least 16"),
+        ("--overlap-tokens", "-1", "--overlap-tokens cannot be negative"),
+        ("--concurrency", "0", "--concurrency must be at least 1"),
+        ("--summary-tokens", "0", "--summary-tokens must be at least 1"),
+        ("--max-retries", "-1", "--max-retries cannot be negative"),
+        ("--timeout", "0", "--timeout must be more than 0"),
+        ("--max-file-bytes", "0", "--max-file-bytes must be at least 1"),
+        ("--embedding-batch", "4096", "--embedding-batch must be between 1 and 2048"),
+    ],
+)
+def test_bad_settings_are_refused_with_the_flag_named(tmp_path, capsys, flag, value, message):
+    console, _ = _console()
+    report = tmp_path / "r.json"
+    assert (
+        main(["ingest", str(SAMPLE), "--dry-run", flag, value, "--report", str(report)], console=console) == 2
+    )
+    assert message in capsys.readouterr().err
+    assert not report.exists()

@@ -13,13 +13,14 @@ from docingest.errors import BudgetExceeded, ConfigError, DocingestError, Ledger
 
 if TYPE_CHECKING:
     from docingest.account import StatsCollector
+    from docingest.config import IngestConfig
     from docingest.instrument import (
         async_recording_http_client,
         record_client,
         record_openai_clients,
         recording_http_client,
     )
-    from docingest.pipeline import IngestConfig, aingest, ingest
+    from docingest.pipeline import aingest, ingest
     from docingest.trace import trace_command
 
 __all__ = [

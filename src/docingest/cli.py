@@ -145,9 +145,10 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def _ingest(args: argparse.Namespace, console: Console) -> int:
+    from docingest.config import IngestConfig, env_dry_run
     from docingest.console import ProgressView, print_summary
     from docingest.cost import PriceTable
-    from docingest.pipeline import IngestConfig, aingest, env_dry_run
+    from docingest.pipeline import aingest
     from docingest.report import write_run_report
 
     config = IngestConfig(
@@ -249,8 +250,8 @@ def _report(args: argparse.Namespace, console: Console) -> int:
 
 
 def _trace(args: argparse.Namespace, console: Console) -> int:
+    from docingest.config import env_dry_run
     from docingest.console import print_summary
-    from docingest.pipeline import env_dry_run
     from docingest.trace import trace_command
 
     command = args.argv[1:] if args.argv[:1] == ["--"] else args.argv

@@ -60,7 +60,7 @@ _RECORDED_LOCK = threading.Lock()
 def _dry_run(dry_run: bool | None) -> bool:
     if dry_run is not None:
         return dry_run
-    from docingest.pipeline import env_dry_run
+    from docingest.config import env_dry_run
 
     return env_dry_run()
 

@@ -7,11 +7,10 @@ to the knowledge base.
 from __future__ import annotations
 
 import asyncio
-import os
 from collections import Counter
-from collections.abc import Awaitable, Callable, Iterator, Sequence
+from collections.abc import Awaitable, Callable, Iterator
 from contextlib import contextmanager
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -19,16 +18,16 @@ import httpx2
 
 from docingest.account import StatsCollector
 from docingest.budget import HOW_TO_LOWER, Forecast, TokenBudget, batch_sizes, pricer_for
-from docingest.chunk import Chunker, validate_chunking
+from docingest.chunk import Chunker
+from docingest.config import IngestConfig, default_report_path, ledger_path_for
 from docingest.discover import discover
-from docingest.errors import BudgetExceeded, ConfigError, SourceError
-from docingest.execute import ClientSettings, Executor, build_async_client, resolve_credentials
+from docingest.errors import BudgetExceeded, ConfigError
+from docingest.execute import Executor, build_async_client
 from docingest.load import load
 from docingest.models import Chunk, Document, Skipped, SourceFile
 from docingest.plan import (
     CONTEXT_MODES,
     MAX_EMBEDDING_INPUT_TOKENS,
-    ContextMode,
     EmbeddingItem,
     Planner,
     SummaryRequest,
@@ -40,8 +39,9 @@ from docingest.store import KnowledgeBase
 from docingest.tokens import encoding_name_for_model
 from docingest.transport import Counters
 
-TRUE_VALUES = {"1", "true", "yes"}
 #: Skip reasons whose files a naive pipeline would have sent: their tokens are counted as avoided.
+__all__ = ["IngestConfig", "Progress", "RunResult", "aforecast", "aingest", "ingest"]
+
 AVOIDED_REASONS = frozenset({"lockfile", "minified", "generated"})
 
 
@@ -49,84 +49,6 @@ def chunk_preview(text: str, chars: int = 100) -> str:
     """The start of a chunk, whitespace collapsed: enough to recognise it in a report."""
     flat = " ".join(text.split())
     return flat if len(flat) <= chars else flat[: chars - 1] + "\u2026"
-
-
-def env_dry_run(environ: Any = os.environ) -> bool:
-    """``DRY_RUN=true`` (also ``1``, ``yes``, any case); anything else is false."""
-    return str(environ.get("DRY_RUN", "")).strip().lower() in TRUE_VALUES
-
-
-@dataclass(slots=True)
-class IngestConfig:
-    source: Path
-    dry_run: bool = False
-    report: Path | None = None
-    ledger: Path | None = None
-    db: Path = Path(".docingest/kb.sqlite")
-    chat_model: str = "gpt-4o-mini"
-    embedding_model: str = "text-embedding-3-small"
-    base_url: str | None = None
-    api_key: str | None = field(default=None, repr=False)
-    chunk_tokens: int = 512
-    overlap_tokens: int = 0
-    context: ContextMode = "section"
-    loader: str = "smart"
-    include: Sequence[str] = ()
-    exclude: Sequence[str] = ()
-    max_file_bytes: int = 2_000_000
-    summary_tokens: int = 128
-    concurrency: int = 16
-    max_retries: int = 4
-    timeout: float = 60.0
-    embedding_batch_size: int = 256
-    rpm: int | None = None  # client-side pacing; the server's x-ratelimit-* headers are learnt too
-    tpm: int | None = None
-    max_tokens: int | None = None  # budget: prompt tokens sent + completion (max_tokens until billed)
-    max_cost: float | None = None  # budget in USD, priced by docingest.cost
-
-    def validate(self) -> None:
-        validate_chunking(self.chunk_tokens, self.overlap_tokens)
-        if self.context not in CONTEXT_MODES:
-            raise ConfigError(f"--context must be one of {', '.join(CONTEXT_MODES)} (got {self.context!r})")
-        if self.loader not in ("smart", "raw"):
-            raise ConfigError(f"--loader must be smart or raw (got {self.loader!r})")
-        if self.concurrency < 1:
-            raise ConfigError("--concurrency must be at least 1")
-        for flag, value in (("--rpm", self.rpm), ("--tpm", self.tpm), ("--max-tokens", self.max_tokens)):
-            if value is not None and value < 1:
-                raise ConfigError(f"{flag} must be at least 1 (got {value})")
-        if self.max_cost is not None and not self.max_cost > 0:
-            raise ConfigError(f"--max-cost must be more than 0 (got {self.max_cost})")
-        if not 1 <= self.embedding_batch_size <= 2048:
-            raise ConfigError("--embedding-batch must be between 1 and 2048 (the API's limit)")
-        if not self.source.exists():
-            raise SourceError(f"source {self.source} does not exist")
-        if not self.source.is_dir():
-            raise SourceError(f"source {self.source} is not a directory")
-        self.client_settings()  # refuses a real run with no key and no base URL
-
-    def client_settings(self) -> ClientSettings:
-        settings = ClientSettings(
-            chat_model=self.chat_model,
-            embedding_model=self.embedding_model,
-            base_url=self.base_url,
-            api_key=self.api_key,
-            dry_run=self.dry_run,
-            concurrency=self.concurrency,
-            max_retries=self.max_retries,
-            timeout=self.timeout,
-        )
-        resolve_credentials(settings)
-        return settings
-
-    def public(self) -> dict[str, Any]:
-        """The settings as they go into ledgers and reports: never the API key."""
-        data = asdict(self)
-        data.pop("api_key", None)
-        return {
-            k: (str(v) if isinstance(v, Path) else list(v) if isinstance(v, tuple) else v)
-            for k, v in data.items()
-        }
 
 
 @dataclass(slots=True)
@@ -150,15 +72,6 @@ class RunResult:
     ledger_path: Path
     stopped: str | None = None  # why the run stopped before the end (the budget); None: it did not
     forecast: Forecast | None = None  # the forecast checked against the budget, if there was one
-
-
-def default_report_path(run_id: str) -> Path:
-    return Path(".docingest") / "runs" / f"{run_id}.json"
-
-
-def ledger_path_for(report_path: Path) -> Path:
-    name = report_path.name[: -len(".json")] if report_path.name.endswith(".json") else report_path.name
-    return report_path.with_name(name + ".ledger.jsonl")
 
 
 class _Run:

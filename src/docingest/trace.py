@@ -86,7 +86,7 @@ def trace_command(
     ``dry_run=None`` follows ``DRY_RUN``. The report (default ``.docingest/runs/<run>.json``)
     and ``html`` are written also when the command fails or is interrupted.
     """
-    from docingest.pipeline import default_report_path, env_dry_run, ledger_path_for
+    from docingest.config import default_report_path, env_dry_run, ledger_path_for
     from docingest.report import build_report, write_report
 
     if not command:

@@ -1,0 +1,111 @@
+"""The settings of a run: what ``docingest ingest`` takes, checked before any work starts."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+from docingest.chunk import validate_chunking
+from docingest.errors import ConfigError, SourceError
+from docingest.execute import ClientSettings, resolve_credentials
+from docingest.plan import CONTEXT_MODES, ContextMode
+
+TRUE_VALUES = {"1", "true", "yes"}
+
+
+def env_dry_run(environ: Any = os.environ) -> bool:
+    """``DRY_RUN=true`` (also ``1``, ``yes``, any case); anything else is false."""
+    return str(environ.get("DRY_RUN", "")).strip().lower() in TRUE_VALUES
+
+
+@dataclass(slots=True)
+class IngestConfig:
+    source: Path
+    dry_run: bool = False
+    report: Path | None = None
+    ledger: Path | None = None
+    db: Path = Path(".docingest/kb.sqlite")
+    chat_model: str = "gpt-4o-mini"
+    embedding_model: str = "text-embedding-3-small"
+    base_url: str | None = None
+    api_key: str | None = field(default=None, repr=False)
+    chunk_tokens: int = 512
+    overlap_tokens: int = 0
+    context: ContextMode = "section"
+    loader: str = "smart"
+    include: Sequence[str] = ()
+    exclude: Sequence[str] = ()
+    max_file_bytes: int = 2_000_000
+    summary_tokens: int = 128
+    concurrency: int = 16
+    max_retries: int = 4
+    timeout: float = 60.0
+    embedding_batch_size: int = 256
+    rpm: int | None = None  # client-side pacing; the server's x-ratelimit-* headers are learnt too
+    tpm: int | None = None
+    max_tokens: int | None = None  # budget: prompt tokens sent + completion (max_tokens until billed)
+    max_cost: float | None = None  # budget in USD, priced by docingest.cost
+
+    def validate(self) -> None:
+        validate_chunking(self.chunk_tokens, self.overlap_tokens)
+        if self.context not in CONTEXT_MODES:
+            raise ConfigError(f"--context must be one of {', '.join(CONTEXT_MODES)} (got {self.context!r})")
+        if self.loader not in ("smart", "raw"):
+            raise ConfigError(f"--loader must be smart or raw (got {self.loader!r})")
+        if self.concurrency < 1:
+            raise ConfigError("--concurrency must be at least 1")
+        if self.summary_tokens < 1:
+            raise ConfigError(f"--summary-tokens must be at least 1 (got {self.summary_tokens})")
+        if self.max_retries < 0:
+            raise ConfigError(f"--max-retries cannot be negative (got {self.max_retries})")
+        if not self.timeout > 0:
+            raise ConfigError(f"--timeout must be more than 0 seconds (got {self.timeout})")
+        if self.max_file_bytes < 1:
+            raise ConfigError(f"--max-file-bytes must be at least 1 (got {self.max_file_bytes})")
+        for flag, value in (("--rpm", self.rpm), ("--tpm", self.tpm), ("--max-tokens", self.max_tokens)):
+            if value is not None and value < 1:
+                raise ConfigError(f"{flag} must be at least 1 (got {value})")
+        if self.max_cost is not None and not self.max_cost > 0:
+            raise ConfigError(f"--max-cost must be more than 0 (got {self.max_cost})")
+        if not 1 <= self.embedding_batch_size <= 2048:
+            raise ConfigError("--embedding-batch must be between 1 and 2048 (the API's limit)")
+        if not self.source.exists():
+            raise SourceError(f"source {self.source} does not exist")
+        if not self.source.is_dir():
+            raise SourceError(f"source {self.source} is not a directory")
+        self.client_settings()  # refuses a real run with no key and no base URL
+
+    def client_settings(self) -> ClientSettings:
+        settings = ClientSettings(
+            chat_model=self.chat_model,
+            embedding_model=self.embedding_model,
+            base_url=self.base_url,
+            api_key=self.api_key,
+            dry_run=self.dry_run,
+            concurrency=self.concurrency,
+            max_retries=self.max_retries,
+            timeout=self.timeout,
+        )
+        resolve_credentials(settings)
+        return settings
+
+    def public(self) -> dict[str, Any]:
+        """The settings as they go into ledgers and reports: never the API key."""
+        data = asdict(self)
+        data.pop("api_key", None)
+        return {
+            k: (str(v) if isinstance(v, Path) else list(v) if isinstance(v, tuple) else v)
+            for k, v in data.items()
+        }
+
+
+def default_report_path(run_id: str) -> Path:
+    return Path(".docingest") / "runs" / f"{run_id}.json"
+
+
+def ledger_path_for(report_path: Path) -> Path:
+    name = report_path.name[: -len(".json")] if report_path.name.endswith(".json") else report_path.name
+    return report_path.with_name(name + ".ledger.jsonl")
