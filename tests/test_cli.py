@@ -155,3 +155,80 @@ def test_bad_settings_are_refused_with_the_flag_named(tmp_path, capsys, flag, va
     )
     assert message in capsys.readouterr().err
     assert not report.exists()
+
+
+def test_a_run_whose_calls_all_fail_exits_4_and_names_the_unreachable_api(tmp_path):
+    console, out = _console()
+    report = tmp_path / "r.json"
+    argv = ["ingest", str(SAMPLE), "--base-url", "http://127.0.0.1:9/v1", "--max-retries", "0"]
+    code = main([*argv, "--report", str(report), "--db", str(tmp_path / "kb.sqlite")], console=console)
+    assert code == 4
+    data = json.loads(report.read_text())
+    agg = data["aggregated"]
+    assert (
+        agg["total_successful_calls"] == 0
+        and agg["total_failed_calls"] == agg["total_api_calls_initiated"] > 0
+    )
+    text = " ".join(out.getvalue().split())
+    assert "failed for good" in text
+    assert "no request reached the API at http://127.0.0.1:9/v1" in text
+
+
+def test_a_run_with_some_failed_requests_exits_4(tmp_path):
+    from docingest.testing.openai_server import OpenAIServer, parse_fault
+
+    console, out = _console()
+    report = tmp_path / "r.json"
+    with OpenAIServer(faults=[parse_fault("context_length:on=2")]) as server:
+        argv = ["ingest", str(SAMPLE), "--base-url", server.base_url, "--report", str(report)]
+        code = main([*argv, "--db", str(tmp_path / "kb.sqlite")], console=console)
+    assert code == 4
+    text = " ".join(out.getvalue().split())
+    assert "1 request(s) failed for good (1 400 context_length_exceeded)" in text
+
+
+def test_an_empty_source_is_reported_with_exit_2(tmp_path):
+    console, out = _console()
+    (tmp_path / "src").mkdir()
+    (tmp_path / "src" / "script.py").write_text("print(1)\n")
+    code = main(
+        ["ingest", str(tmp_path / "src"), "--dry-run", "--report", str(tmp_path / "r.json")], console=console
+    )
+    assert code == 2
+    assert "no documentation files found" in " ".join(out.getvalue().split())
+
+
+def test_an_unwritable_report_path_is_a_clear_error(tmp_path, capsys):
+    console, _ = _console()
+    blocker = tmp_path / "file"
+    blocker.write_text("x")
+    code = main(["ingest", str(SAMPLE), "--dry-run", "--report", str(blocker / "r.json")], console=console)
+    assert code == 2
+    err = capsys.readouterr().err
+    assert "cannot write" in err and "--report" in err
+    assert "Traceback" not in err
+
+
+def test_query_errors_are_messages_not_tracebacks(tmp_path, capsys):
+    from docingest.testing.openai_server import OpenAIServer
+
+    console, _ = _console()
+    db = tmp_path / "kb.sqlite"
+    with OpenAIServer() as server:
+        argv = ["ingest", str(SAMPLE), "--base-url", server.base_url, "--db", str(db)]
+        assert main([*argv, "--report", str(tmp_path / "r.json")], console=console) == 0
+        base = ["query", "--db", str(db), "--base-url", server.base_url]
+        assert main([*base, "configuration", "-k", "0"], console=console) == 2
+        assert "-k must be at least 1" in capsys.readouterr().err
+        assert main([*base, "  "], console=console) == 2
+        assert "the query is empty" in capsys.readouterr().err
+        assert (
+            main([*base, "configuration", "--embedding-model", "text-embedding-3-large"], console=console)
+            == 2
+        )
+        err = capsys.readouterr().err
+        assert "no embeddings of text-embedding-3-large" in err and "text-embedding-3-small" in err
+    unreachable = ["query", "configuration", "--db", str(db), "--base-url", "http://127.0.0.1:9/v1"]
+    assert main(unreachable, console=console) == 2
+    err = capsys.readouterr().err
+    assert "could not embed the query" in err and "Traceback" not in err

@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import Any
 
 from rich.console import Console
+from rich.markup import escape
 
 from docingest import __version__
 from docingest.errors import BudgetExceeded, DocingestError
@@ -93,7 +94,7 @@ def build_parser() -> argparse.ArgumentParser:
     q = sub.add_parser("query", help="search the knowledge base")
     q.add_argument("text")
     q.add_argument("--db", type=Path, default=Path(".docingest/kb.sqlite"))
-    q.add_argument("-k", type=int, default=5)
+    q.add_argument("-k", type=int, default=5, help="how many chunks to show (at least 1)")
     q.add_argument("--embedding-model", default="text-embedding-3-small")
     q.add_argument("--base-url")
 
@@ -183,7 +184,9 @@ def _ingest(args: argparse.Namespace, console: Console) -> int:
             result = asyncio.run(aingest(config, on_progress=view.update))
         except KeyboardInterrupt:
             console.print(
-                "interrupted: the ledger keeps every call made so far; run the same command to go on"
+                "interrupted: the ledger beside the report keeps every call made so far "
+                "(docingest report LEDGER.jsonl rebuilds the report); run the same command to go on: "
+                "finished work is not sent again"
             )
             return 130
     # streamed from the ledger when the run is too large to hold its chunk details in memory
@@ -198,11 +201,35 @@ def _ingest(args: argparse.Namespace, console: Console) -> int:
     print_summary(console, report, report_path=result.report_path, ledger_path=result.ledger_path)
     if result.stopped is not None:
         console.print(
-            f"stopped before the end: {result.stopped}; the work done is stored, run the same command "
-            "with a larger budget to go on",
+            f"stopped before the end: {result.stopped}; the work done is stored: run the same command "
+            "to go on (the budget counts per run; raise --max-tokens/--max-cost to do more in one run)",
             highlight=False,
         )
         return 3
+    agg = report["aggregated"]
+    if agg.get("files_loaded", 0) == 0:
+        console.print(
+            f"no documentation files found in {config.source}: docingest selects .md .mdx .markdown .rst "
+            f".txt .ipynb ({agg.get('files_skipped', 0)} file(s) skipped, listed above); "
+            "use --include GLOB to select others",
+            highlight=False,
+        )
+        return 2
+    if result.failures:
+        failed = sum(result.failures.values())
+        reasons = ", ".join(f"{n} {r}" for r, n in sorted(result.failures.items(), key=lambda kv: -kv[1]))
+        unreachable = agg["total_successful_calls"] == 0 and all(
+            r.startswith(("APIConnectionError", "APITimeoutError")) for r in result.failures
+        )
+        hint = (
+            f"no request reached the API at {config.base_url or 'api.openai.com'}: check --base-url, "
+            "the network and --timeout"
+            if unreachable
+            else "see the findings above and error_details in the report; run the same command to retry "
+            "them (finished work is not sent again)"
+        )
+        console.print(f"{failed:,} request(s) failed for good ({reasons}): {hint}", highlight=False)
+        return 4
     return 0
 
 
@@ -323,10 +350,19 @@ def main(argv: Sequence[str] | None = None, *, console: Console | None = None) -
     try:
         code: int = handlers[args.command](args, out)
     except BudgetExceeded as exc:
-        err.print(f"[bold red]over budget:[/bold red] {exc}", highlight=False, soft_wrap=True)
+        err.print(f"[bold red]over budget:[/bold red] {escape(str(exc))}", highlight=False, soft_wrap=True)
         return 3
     except DocingestError as exc:
-        err.print(f"[bold red]error:[/bold red] {exc}", highlight=False, soft_wrap=True)
+        err.print(f"[bold red]error:[/bold red] {escape(str(exc))}", highlight=False, soft_wrap=True)
+        return 2
+    except OSError as exc:  # a report, ledger or database path that cannot be written
+        where = f" {exc.filename}" if exc.filename else ""
+        err.print(
+            f"[bold red]error:[/bold red] cannot write{escape(where)}: {escape(str(exc.strerror or exc))}; "
+            "pass a path in a writable directory (--report, --ledger, --db, --html)",
+            highlight=False,
+            soft_wrap=True,
+        )
         return 2
     return code
 

@@ -10,7 +10,7 @@ import asyncio
 from collections import Counter
 from collections.abc import Awaitable, Callable, Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -72,6 +72,8 @@ class RunResult:
     ledger_path: Path
     stopped: str | None = None  # why the run stopped before the end (the budget); None: it did not
     forecast: Forecast | None = None  # the forecast checked against the budget, if there was one
+    #: requests that failed for good (after any retries), by the first words of their error
+    failures: dict[str, int] = field(default_factory=dict)
 
 
 class _Run:
@@ -141,6 +143,7 @@ class _Run:
         self._summary_waiters: dict[str, list[SummaryRequest]] = {}
         self._embedding_waiters: dict[str, list[EmbeddingItem]] = {}
         self.stopped: str | None = None  # why the run stopped early (the budget)
+        self.failures: dict[str, int] = {}  # requests that failed for good, by error
         self._error: BaseException | None = None
 
     # -- the stages ----------------------------------------------------------------------------
@@ -330,6 +333,8 @@ class _Run:
         if outcome.refused:
             self._stop(outcome.error)
             self._unsent(request.chunk, "chat_summary", request.prompt_tokens, f"budget: {outcome.error}")
+        elif outcome.value is None:
+            self._failed(outcome.error)
         for r in followers:
             if outcome.value is not None:
                 self._cache_hit(r.chunk, "chat_summary", r.prompt_tokens, "this_run")
@@ -338,6 +343,10 @@ class _Run:
                     r.chunk, "chat_summary", r.prompt_tokens, f"an identical request failed: {outcome.error}"
                 )
         self._done_call()
+
+    def _failed(self, error: str | None) -> None:
+        reason = (error or "unknown error").split(":", 1)[0]
+        self.failures[reason] = self.failures.get(reason, 0) + 1
 
     def _stop(self, reason: str | None) -> None:
         self.stopped = self.stopped or reason or "stopped"
@@ -365,6 +374,8 @@ class _Run:
             if vector is None and outcome.refused and error == self.budget.refused:
                 self._stop(error)
                 self._unsent(item.chunk, "create_embedding", item.tokens, f"budget: {error}")
+            elif vector is None:
+                self._failed(error)
             for it in followers[item.key]:
                 if vector is not None:
                     self._cache_hit(it.chunk, "create_embedding", it.tokens, "this_run")
@@ -621,7 +632,12 @@ async def aingest(
             )
         await run.aclose()
     return RunResult(
-        stats=stats, report_path=report_path, ledger_path=ledger, stopped=run.stopped, forecast=forecast
+        stats=stats,
+        report_path=report_path,
+        ledger_path=ledger,
+        stopped=run.stopped,
+        forecast=forecast,
+        failures=dict(run.failures),
     )
 
 

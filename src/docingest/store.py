@@ -449,6 +449,15 @@ class KnowledgeBase:
 
     # -- overview --------------------------------------------------------------------------
 
+    def embedding_models(self) -> dict[str, int]:
+        """Chunks linked to an embedding, per embedding model."""
+        with self._snapshot():
+            rows = self._conn.execute(
+                "SELECT e.model, count(*) FROM chunks c JOIN embeddings e ON e.key = c.embedding_key "
+                "GROUP BY e.model ORDER BY e.model"
+            ).fetchall()
+        return {str(model): int(n) for model, n in rows}
+
     def counts(self) -> dict[str, int]:
         """Rows per table: documents, chunks, summaries, embeddings, runs."""
         with self._snapshot():
