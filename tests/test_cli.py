@@ -232,3 +232,16 @@ def test_query_errors_are_messages_not_tracebacks(tmp_path, capsys):
     assert main(unreachable, console=console) == 2
     err = capsys.readouterr().err
     assert "could not embed the query" in err and "Traceback" not in err
+
+
+def test_reports_are_written_with_the_usual_file_mode(tmp_path):
+    console, _ = _console()
+    report, html = tmp_path / "r.json", tmp_path / "r.html"
+    old = os.umask(0o022)
+    try:
+        argv = ["ingest", str(SAMPLE), "--dry-run", "--report", str(report), "--html", str(html)]
+        assert main(argv, console=console) == 0
+    finally:
+        os.umask(old)
+    assert report.stat().st_mode & 0o777 == 0o644
+    assert html.stat().st_mode & 0o777 == 0o644

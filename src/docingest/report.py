@@ -29,10 +29,20 @@ def validate_report(report: dict[str, Any]) -> None:
     jsonschema.validate(report, report_schema())
 
 
+def _temp_beside(path: Path) -> tuple[int, str]:
+    """A temporary file next to ``path`` (same file system, for the rename), with the mode that
+    ``open()`` would give ``path`` rather than mkstemp's private 0600."""
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    umask = os.umask(0)
+    os.umask(umask)
+    os.fchmod(fd, 0o666 & ~umask)
+    return fd, tmp
+
+
 def atomic_write_text(path: Path, text: str) -> None:
     """Write-then-rename: a reader never sees half a file, a crash never leaves one."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    fd, tmp = _temp_beside(path)
     try:
         with os.fdopen(fd, "w", encoding="utf-8") as fh:
             fh.write(text)
@@ -100,7 +110,7 @@ def write_run_report(
         for p in top:
             files[p]["chunks"] = details.chunks(p)
         apply_analysis(report, prices=prices)
-        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+        fd, tmp = _temp_beside(path)
         try:
             with os.fdopen(fd, "w", encoding="utf-8") as fh:
                 fh.write("{")
