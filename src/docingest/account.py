@@ -37,6 +37,20 @@ _ABSENT = -1  # a chunk index with no record
 _UNKNOWN = -2  # a chunk that calls refer to, whose raw token count no record gave
 
 
+def unsent_kind(reason: str | None) -> str:
+    """What kept an ``unsent`` request back: ``budget`` (--max-tokens/--max-cost reached),
+    ``over_limit`` (the API would refuse it, e.g. an embedding input over 8,192 tokens),
+    ``identical_failed`` (it waited on an identical request that failed) or ``other``."""
+    text = (reason or "").lower()
+    if text.startswith("budget"):
+        return "budget"
+    if "over the api's limit" in text:
+        return "over_limit"
+    if text.startswith("an identical"):
+        return "identical_failed"
+    return "other"
+
+
 def utc_now() -> str:
     return datetime.now(UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
 
@@ -134,6 +148,8 @@ class _TypeStats:
     billed_cached_tokens: int | None = None
     tokens_sent_with_usage: int = 0  # our count of the calls whose response carried ``usage``
     latencies: array[float] = field(default_factory=lambda: array("d"))
+    #: attempts per model named in the call records (a traced run's run_start names no model)
+    models: Counter[str] = field(default_factory=Counter)
 
     def as_dict(self) -> dict[str, Any]:
         lat = sorted(self.latencies)
@@ -150,6 +166,7 @@ class _TypeStats:
             "billed_completion_tokens": self.billed_completion_tokens,
             "billed_cached_tokens": self.billed_cached_tokens,
             "tokens_sent_with_usage": self.tokens_sent_with_usage,
+            "models": dict(self.models.most_common()),
             "latency_s": {
                 "p50": _quantile(lat, 0.5),
                 "p95": _quantile(lat, 0.95),
@@ -414,6 +431,8 @@ class StatsCollector:
         ts.retry_wait_s += float(r.get("retry_wait_s") or 0.0)
         ts.rate_limit_wait_s += float(r.get("rate_limit_wait_s") or 0.0)
         ts.tokens_sent += tokens
+        if r.get("model"):
+            ts.models[str(r["model"])] += 1
         if not ok:
             ts.failed_tokens_sent += tokens
         ts.billed_prompt_tokens = _add_optional(ts.billed_prompt_tokens, billed.get("prompt_tokens"))
@@ -544,6 +563,7 @@ class StatsCollector:
                 "cache_hits": self.cache_hits,
                 "tokens_saved_by_cache": self.tokens_saved,
                 "unsent_requests": len(self.unsent),
+                "unsent_by_reason": self._unsent_by_reason(),
                 "files_loaded": len([fs for fs in self.files.values() if fs.info]),
                 "files_skipped": len(self.skipped),
                 "chunks": sum(fs.chunk_count for fs in self.files.values()),
@@ -555,6 +575,14 @@ class StatsCollector:
                 },
                 "wall_time_s": self._wall_time(),
             }
+
+    def _unsent_by_reason(self) -> dict[str, dict[str, int]]:
+        out: dict[str, dict[str, int]] = {}
+        for u in self.unsent:
+            entry = out.setdefault(unsent_kind(u.get("reason")), {"requests": 0, "tokens": 0})
+            entry["requests"] += 1
+            entry["tokens"] += int(u.get("tokens") or 0)
+        return dict(sorted(out.items()))
 
     def _wall_time(self) -> float | None:
         if self.wall_time_s is not None:

@@ -19,6 +19,9 @@ from rich.table import Table
 from rich.text import Text
 
 from docingest.account import StatsCollector
+from docingest.analyse import amplification_text
+from docingest.analyse.scaling import explain
+from docingest.cost import cost_line, finding_cost
 from docingest.pipeline import Progress as RunProgress
 
 
@@ -103,19 +106,27 @@ def summary_table(report: dict[str, Any]) -> Table:
     table = Table(title=title, show_header=False, title_justify="left")
     table.add_column("figure")
     table.add_column("value", justify="right")
-    rows: list[tuple[str, Any]] = [
+    # A traced program's run loads no files: its file and chunk figures are meaningless, not zero.
+    traced = run.get("mode") == "trace" or not (
+        agg.get("files_loaded") or agg.get("files_skipped") or agg.get("chunks")
+    )
+    file_rows: list[tuple[str, Any]] = [
         ("files loaded / skipped", f"{agg.get('files_loaded', 0):,} / {agg.get('files_skipped', 0):,}"),
         ("chunks", agg.get("chunks")),
         ("source tokens (files as on disk)", agg.get("source_tokens")),
         ("document tokens (after loading)", agg.get("document_tokens")),
         ("raw chunk tokens", agg["total_tokens_from_raw_docs"]),
+    ]
+    if traced:
+        file_rows = [(k, v) for k, v in file_rows if v not in (None, 0, "0 / 0")]
+    rows: list[tuple[str, Any]] = [
+        *file_rows,
         ("tokens sent to the chat model", agg["total_tokens_sent_to_chat_model"]),
         ("tokens sent to embeddings", agg.get("total_tokens_sent_to_embeddings")),
-        (
-            "amplification (chat tokens / raw chunk tokens)",
-            f"{agg['amplification']:.2f}x" if agg.get("amplification") is not None else "unknown",
-        ),
     ]
+    amplification = amplification_text(agg)
+    if not (traced and amplification == "unknown"):
+        rows.append(("amplification (chat tokens / raw chunk tokens)", amplification))
     for call_type, fig in agg["by_call_type"].items():
         counts = (fig["successful_calls"], fig["failed_calls"], fig.get("retried_calls", 0))
         rows.append((f"{call_type} calls (ok / failed / retried)", " / ".join(f"{n:,}" for n in counts)))
@@ -168,11 +179,13 @@ def _usd(value: Any) -> str:
 
 
 def waterfall_table(report: dict[str, Any]) -> Table:
-    table = Table(title="where the tokens go", title_justify="left", show_header=False)
+    table = Table(title="where the tokens go", title_justify="left", show_header=True)
     table.add_column("step")
     table.add_column("tokens", justify="right")
-    table.add_column("running", justify="right")
+    table.add_column("running total", justify="right")
     for step in report["waterfall"]["steps"]:
+        if step["kind"] in ("start", "subtotal") and not step["tokens"]:
+            continue  # e.g. a traced program's run: no file, no chunk token
         bold = step["kind"] != "delta"
         tokens = f"{step['tokens']:,}" if bold else f"{step['tokens']:+,}"
         table.add_row(
@@ -189,29 +202,17 @@ def print_analysis(console: Console, report: dict[str, Any]) -> None:
         console.print(waterfall_table(report))
     cost = report.get("cost")
     if cost:
-        parts = [
-            f"{ct} {_usd(c['total_usd'])} ({c['model']})"
-            + (" output estimated" if c["output_estimated"] else "")
-            for ct, c in cost["by_call_type"].items()
-        ]
-        unknown = f"; unknown price for {', '.join(cost['unknown_models'])}" if cost["unknown_models"] else ""
-        console.print(
-            f"estimated cost: {_usd(cost['total_usd'])} = " + " + ".join(parts) + unknown, highlight=False
-        )
+        console.print(f"estimated cost: {cost_line(cost)}", highlight=False)
     fit = (report.get("scaling") or {}).get("fit")
     if fit:
-        console.print(
-            f"scaling: tokens sent per file ~ document tokens^{fit['exponent']:.2f} "
-            f"(± {fit['stderr'] or 0:.2f}, {fit['points']} files, {report['scaling'].get('growth')})",
-            highlight=False,
-        )
+        console.print(f"scaling: {explain(fit)}", highlight=False)
     for finding in report.get("findings") or []:
         style = {"high": "bold red", "medium": "yellow", "low": "cyan"}.get(finding["severity"], "dim")
         line = Text()
         line.append(f"{finding['severity']:<6} ", style=style)
         line.append(finding["code"], style="bold")
         if finding.get("tokens") is not None:
-            line.append(f"  {finding['tokens']:,} tokens, {_usd(finding.get('cost_usd'))}")
+            line.append(f"  {finding_cost(finding)}")
         console.print(line)
         console.print(Text("  " + finding.get("summary", "")))
         if finding.get("fix"):

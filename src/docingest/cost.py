@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import json
 from dataclasses import asdict, dataclass
-from decimal import Decimal
+from decimal import ROUND_HALF_UP, Decimal
 from functools import cache
 from pathlib import Path
 from typing import Any
@@ -112,7 +112,14 @@ def _model_for(report: dict[str, Any], call_type: str) -> str | None:
     run = report.get("run") or {}
     key = "chat_model" if call_type == "chat_summary" else "embedding_model"
     model = run.get(key) or (run.get("config") or {}).get(key)
-    return str(model) if model else None
+    if model:
+        return str(model)
+    # A traced run names no model up front; its call records do: the most used one of the type.
+    fig = ((report.get("aggregated") or {}).get("by_call_type") or {}).get(call_type) or {}
+    models: dict[str, int] = fig.get("models") or {}
+    if models:
+        return max(sorted(models), key=lambda m: models[m])
+    return None
 
 
 def run_cost(report: dict[str, Any], prices: PriceTable | None = None) -> dict[str, Any]:
@@ -187,3 +194,65 @@ def input_rate(
     """USD per million input tokens of the model behind ``call_type`` (None when unknown)."""
     price = (prices or PriceTable()).price(_model_for(report, call_type))
     return price.input if price else None
+
+
+def usd_parts(total: float, parts: list[float]) -> tuple[str, list[str]]:
+    """``total`` and its ``parts`` as dollar strings that add up as printed: the fewest decimals
+    (2 to 6) at which the rounded parts sum to the rounded total, and show every non-zero part."""
+    for places in range(2, 7):
+        q = Decimal(1).scaleb(-places)
+
+        def rnd(v: float, q: Decimal = q) -> Decimal:
+            return Decimal(str(v)).quantize(q, rounding=ROUND_HALF_UP)
+
+        shown = [rnd(p) for p in parts]
+        if sum(shown) == rnd(total) and all(s or not p for s, p in zip(shown, parts, strict=True)):
+            return f"${rnd(total):,}", [f"${s:,}" for s in shown]
+    return f"${total:,.6f}", [f"${p:,.6f}" for p in parts]
+
+
+def cost_line(cost: dict[str, Any]) -> str:
+    """The cost in one line, e.g. ``$0.0023 = chat_summary $0.0022 (gpt-4o-mini) + create_embedding
+    $0.0001 (text-embedding-3-small)``; the parts add up to the total as printed."""
+    by_type: dict[str, Any] = cost.get("by_call_type") or {}
+    if not by_type:
+        return "$0 (nothing sent)"
+    if all(not (c.get("input_tokens") or c.get("output_tokens")) for c in by_type.values()):
+        return "$0 (nothing billed: no request succeeded)"
+    known = {ct: c["total_usd"] for ct, c in by_type.items() if c.get("total_usd") is not None}
+    known_total = cost["total_usd"] if cost.get("total_usd") is not None else sum(known.values())
+    total_s, part_s = usd_parts(float(known_total), [float(v) for v in known.values()])
+    shown = dict(zip(known, part_s, strict=True))
+    parts = []
+    for ct, c in by_type.items():
+        model = c.get("model") or "model unknown"
+        parts.append(
+            f"{ct} {shown.get(ct, 'unknown')} ({model})"
+            + (", output estimated" if c.get("output_estimated") else "")
+        )
+    head = total_s if cost.get("total_usd") is not None else "unknown"
+    line = f"{head} = " + " + ".join(parts)
+    if cost.get("unknown_models"):
+        line += "; unknown price for " + ", ".join(str(m) for m in cost["unknown_models"])
+    return line
+
+
+def _money(value: float | None) -> str:
+    return "unknown" if value is None else f"${value:,.4f}"
+
+
+def _saved_usd(value: float | None) -> str:
+    if value is None:
+        return "unknown"
+    return f"~${value:,.2f}" if value >= 0.005 else "under $0.01"
+
+
+def finding_cost(finding: dict[str, Any]) -> str:
+    """``12,345 tokens, $0.0123`` for tokens sent; ``12,345 tokens not sent, saved ~$1.19 vs a
+    naive loader`` for tokens the loader or discovery kept back."""
+    tokens = finding.get("tokens")
+    if tokens is None:
+        return ""
+    if finding.get("cost_kind") == "saved":
+        return f"{tokens:,} tokens not sent, saved {_saved_usd(finding.get('cost_usd'))} vs a naive loader"
+    return f"{tokens:,} tokens, {_money(finding.get('cost_usd'))}"

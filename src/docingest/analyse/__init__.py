@@ -3,8 +3,9 @@
 ``analyse(report)`` returns the sections a report carries beside its counts: ``waterfall`` (from
 source tokens to tokens sent, summing exactly), ``findings`` (causes with tokens, cost, evidence
 and a fix), ``scaling`` (tokens sent per file vs document tokens, log-log), ``latency`` and
-``cost``. ``analyse_runs`` compares several reports (e.g. dry runs on repositories of different
-sizes).
+``cost``. Every finding has ``cost_usd`` and ``cost_kind``: ``spent`` (its tokens were sent)
+or ``saved`` (tokens kept back, e.g. by the smart loader). ``analyse_runs`` compares several
+reports (e.g. dry runs on repositories of different sizes).
 """
 
 from __future__ import annotations
@@ -19,7 +20,10 @@ from docingest.analyse import scaling as _scaling
 from docingest.analyse import waterfall as _waterfall
 from docingest.cost import PriceTable, input_rate, run_cost, usd
 
-__all__ = ["analyse", "analyse_runs", "apply_analysis", "findings_for", "load_run"]
+#: Findings whose tokens were kept back, not sent: their ``cost_usd`` is money saved.
+SAVED_CODES = frozenset({"loader_dropped_payload", "skipped_generated"})
+
+__all__ = ["amplification_text", "analyse", "analyse_runs", "apply_analysis", "findings_for", "load_run"]
 
 
 def analyse(report: dict[str, Any], *, prices: PriceTable | None = None) -> dict[str, Any]:
@@ -30,6 +34,8 @@ def analyse(report: dict[str, Any], *, prices: PriceTable | None = None) -> dict
     findings = _findings.build(report, flow, scaling, latency)
     rate = input_rate(report, prices)
     for f in findings:
+        # tokens a finding names that were *not* sent (the loader or discovery kept them back)
+        f["cost_kind"] = "saved" if f["code"] in SAVED_CODES else "spent"
         if f["code"] == "failed_calls":  # rejected requests are not billed: they cost time, not money
             f["cost_usd"] = 0.0 if rate is not None else None
             continue
@@ -70,3 +76,11 @@ def load_run(path: Path, *, prices: PriceTable | None = None) -> dict[str, Any]:
     else:
         report = load_report(path)
     return apply_analysis(report, prices=prices)
+
+
+def amplification_text(agg: dict[str, Any]) -> str:
+    """``2.31x``; ``n/a (nothing sent)`` for a run that sent no token; ``unknown`` without chunks."""
+    if not agg.get("total_tokens_sent_to_apis") and not agg.get("total_api_calls_initiated"):
+        return "n/a (nothing sent)"
+    amp = agg.get("amplification")
+    return f"{amp:.2f}x" if amp is not None else "unknown"

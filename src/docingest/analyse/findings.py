@@ -5,6 +5,11 @@ Codes are stable: ``context_document``, ``non_text_payload``, ``loader_dropped_p
 ``skipped_generated``, ``chunk_overlap``, ``duplicate_content``, ``retried_calls``,
 ``failed_calls``, ``unsent_requests``, ``billed_mismatch``, ``calls_above_plan``,
 ``superlinear_scaling``, ``unbatched_embeddings``, ``sequential_calls``, ``rate_limited``.
+
+Fixes follow the actual cause: retries and failures by HTTP status (429, 5xx, timeouts, no
+response), unsent requests by their reason (budget, API limit, an identical request failed).
+Tokens sent again (``retried_calls``, ``calls_above_plan``, the waterfall's ``retries``) are the
+whole prompt of every attempt after the first, a batch with all its inputs.
 """
 
 from __future__ import annotations
@@ -13,8 +18,9 @@ import math
 from collections import Counter, defaultdict
 from typing import Any
 
+from docingest.account import unsent_kind
 from docingest.analyse.latency import calls_by_seq
-from docingest.analyse.scaling import QUADRATIC_EXPONENT, describe
+from docingest.analyse.scaling import QUADRATIC_EXPONENT, describe, explain
 from docingest.analyse.waterfall import CHAT, EMBED, Flow, iter_chunks
 
 TOP = 10
@@ -336,43 +342,120 @@ def _duplicates(report: dict[str, Any], flow: Flow, total: int) -> list[dict[str
     ]
 
 
+def _cause(status: Any, error: str | None) -> str:
+    """A failed attempt's cause: ``429``, ``5xx``, ``timeout``, ``no response`` (connection
+    error), ``context length``, ``401``/``403``/``404`` or ``HTTP <n>``."""
+    text = (error or "").lower()
+    if status is None:
+        return "timeout" if "timeout" in text or "timed out" in text else "no response"
+    code = int(status)
+    if code == 429:
+        return "429"
+    if code >= 500:
+        return "5xx"
+    if "context_length" in text or "maximum context length" in text:
+        return "context length"
+    if code in (401, 403, 404):
+        return str(code)
+    return f"HTTP {code}"
+
+
+def _status_label(status: Any, error: str | None) -> str:
+    """An attempt's HTTP status for people: the number, or what happened when there was none."""
+    return str(status) if status is not None else _cause(None, error)
+
+
+def _advice(cause: str, config: dict[str, Any], *, final: bool) -> str:
+    concurrency = config.get("concurrency")
+    now = f" (this run: {concurrency})" if concurrency is not None else ""
+    timeout = config.get("timeout")
+    if cause == "429":
+        return (
+            f"rate limited (429): lower --concurrency{now} or set --rpm/--tpm to your tier's limits, "
+            "or ask for a higher rate limit tier"
+        )
+    if cause == "5xx":
+        if final:
+            return (
+                "the provider kept failing (5xx) after every retry: run the same command again later "
+                "(finished work is not sent again) or raise --max-retries"
+            )
+        return (
+            "server errors (5xx) at the provider: retrying them is right; nothing to change unless "
+            "they persist"
+        )
+    if cause == "no response":
+        return (
+            "no response (connection errors): the API was unreachable: check --base-url and the "
+            "network or proxy"
+        )
+    if cause == "timeout":
+        return "timeouts: raise --timeout" + (f" (this run: {timeout:g} s)" if timeout is not None else "")
+    if cause == "context length":
+        return (
+            "context_length_exceeded: lower --chunk-tokens or use --context section/none, or exclude the file"
+        )
+    if cause == "401":
+        return "401 unauthorised: check --api-key (or OPENAI_API_KEY)"
+    if cause == "403":
+        return "403 forbidden: the key has no access to this model or project"
+    if cause == "404":
+        return "404 not found: check --chat-model/--embedding-model and --base-url"
+    return f"{cause}: see error_details in the report"
+
+
+def _fix_for(causes: Counter[str], config: dict[str, Any], *, final: bool) -> str:
+    """The fixes of the causes, the most common first."""
+    return "; ".join(_advice(c, config, final=final) for c, _ in causes.most_common())
+
+
+def _request_key(c: dict[str, Any]) -> tuple[Any, ...]:
+    return (c["call_type"], tuple(c["chunks"]))
+
+
 def _retries_and_failures(report: dict[str, Any], flow: Flow, total: int) -> list[dict[str, Any]]:
     calls = calls_by_seq(report)
+    config = (report.get("run") or {}).get("config") or {}
     out: list[dict[str, Any]] = []
+    last_attempt: dict[tuple[Any, ...], int] = {}
+    for c in calls.values():
+        key = _request_key(c)
+        last_attempt[key] = max(last_attempt.get(key, 0), c.get("attempt", 0))
     retried = [c for c in calls.values() if c.get("attempt", 0) > 0]
     if retried:
         tokens = sum(c["prompt_tokens"] for c in retried)
-        statuses = Counter(str(c.get("http_status")) for c in calls.values() if c["status"] != "Success")
+        # the failed attempts that were retried: what made the retries
+        before_retry = [
+            c
+            for c in calls.values()
+            if c["status"] != "Success" and c.get("attempt", 0) < last_attempt[_request_key(c)]
+        ]
+        statuses = Counter(_status_label(c.get("http_status"), c.get("error_details")) for c in before_retry)
+        causes = Counter(_cause(c.get("http_status"), c.get("error_details")) for c in before_retry)
         worst = _worst_chunks(retried)
         out.append(
             _finding(
                 "retried_calls",
                 severity(tokens, total),
                 tokens,
-                f"{len(retried):,} retried attempt(s) sent {tokens:,} tokens again "
-                f"(failed attempts by HTTP status: {dict(statuses)})",
-                "lower --concurrency below the rate limit of your API tier, or raise the limit; "
-                "timeouts: raise --timeout",
+                f"{len(retried):,} retried attempt(s) sent {tokens:,} tokens again (each retry's whole "
+                f"request, every input of a batch; failed attempts before a retry: "
+                f"{_counts(statuses) or 'none recorded'})",
+                _fix_for(causes, config, final=False) or "see error_details in the report",
                 attempts=len(retried),
-                failed_by_status=dict(statuses),
+                failed_by_status=dict(statuses.most_common()),
                 chunks=worst,
             )
         )
-    last_attempt: dict[tuple[Any, ...], int] = {}
-    for c in calls.values():
-        key = (c["call_type"], tuple(c["chunks"]))
-        last_attempt[key] = max(last_attempt.get(key, 0), c.get("attempt", 0))
     final_fail = [
         c
         for c in calls.values()
-        if c["status"] != "Success"
-        and c.get("attempt", 0) >= last_attempt[(c["call_type"], tuple(c["chunks"]))]
+        if c["status"] != "Success" and c.get("attempt", 0) >= last_attempt[_request_key(c)]
     ]
     if final_fail:
         tokens = sum(c["prompt_tokens"] for c in final_fail)
-        reasons = Counter(
-            (c.get("error_details") or f"HTTP {c.get('http_status')}").split(":")[0] for c in final_fail
-        )
+        reasons = Counter(_error_label(c) for c in final_fail)
+        causes = Counter(_cause(c.get("http_status"), c.get("error_details")) for c in final_fail)
         out.append(
             _finding(
                 "failed_calls",
@@ -380,13 +463,24 @@ def _retries_and_failures(report: dict[str, Any], flow: Flow, total: int) -> lis
                 tokens,
                 f"{len(final_fail):,} request(s) failed for good after sending {tokens:,} tokens "
                 f"({', '.join(f'{n} {r}' for r, n in reasons.most_common(3))})",
-                "context_length_exceeded: lower --chunk-tokens or use --context section/none, or exclude the "
-                "file; other errors: see error_details in the report",
-                by_error=dict(reasons),
+                _fix_for(causes, config, final=True),
+                by_error=dict(reasons.most_common()),
                 chunks=_worst_chunks(final_fail),
             )
         )
     return out
+
+
+def _error_label(c: dict[str, Any]) -> str:
+    """The head of a failure's error (e.g. ``400 context_length_exceeded``, ``ConnectError``)."""
+    if c.get("error_details"):
+        return str(c["error_details"]).split(":")[0]
+    status = c.get("http_status")
+    return f"HTTP {status}" if status is not None else "no response"
+
+
+def _counts(counter: Counter[str]) -> str:
+    return ", ".join(f"{k}: {n:,}" for k, n in counter.most_common())
 
 
 def _worst_chunks(calls: list[dict[str, Any]]) -> list[dict[str, Any]]:
@@ -403,8 +497,31 @@ def _worst_chunks(calls: list[dict[str, Any]]) -> list[dict[str, Any]]:
     ]
 
 
+_UNSENT = {
+    # kind: (why, the fix)
+    "budget": (
+        "the run reached its budget (--max-tokens/--max-cost)",
+        "run the same command again with a larger --max-tokens/--max-cost to go on; finished work is not "
+        "sent again",
+    ),
+    "over_limit": (
+        "the API would refuse them (an embedding input over 8,192 tokens); those chunks have no embedding",
+        "lower --chunk-tokens",
+    ),
+    "identical_failed": (
+        "they waited for an identical request that failed",
+        "fix that failure (see failed_calls) and run the same command again",
+    ),
+    "other": (
+        "see each unsent record's reason in the ledger",
+        "see the reason of the unsent records in the ledger",
+    ),
+}
+
+
 def _unsent(report: dict[str, Any], flow: Flow, total: int) -> list[dict[str, Any]]:
-    n = report["aggregated"].get("unsent_requests") or 0
+    agg = report["aggregated"]
+    n = agg.get("unsent_requests") or 0
     if not n:
         return []
     rows = []
@@ -412,14 +529,35 @@ def _unsent(report: dict[str, Any], flow: Flow, total: int) -> list[dict[str, An
         for u in c.get("unsent") or ():
             rows.append({"path": p, "index": i, "tokens": u.get("tokens"), "reason": u.get("reason")})
     rows.sort(key=lambda r: -(r["tokens"] or 0))
+    by_reason: dict[str, dict[str, int]] = agg.get("unsent_by_reason") or {}
+    if not by_reason:  # a report from before the reasons were counted: from the chunks it carries
+        for r in rows:
+            e = by_reason.setdefault(unsent_kind(r["reason"]), {"requests": 0, "tokens": 0})
+            e["requests"] += 1
+            e["tokens"] += r["tokens"] or 0
+        if sum(e["requests"] for e in by_reason.values()) < n:
+            other = by_reason.setdefault("other", {"requests": 0, "tokens": 0})
+            other["requests"] += n - sum(e["requests"] for e in by_reason.values())
+    kinds = sorted(by_reason, key=lambda k: -by_reason[k]["requests"])
+    parts = [
+        f"{by_reason[k]['requests']:,} request(s) ({by_reason[k]['tokens']:,} tokens) were not sent: "
+        + _UNSENT.get(k, _UNSENT["other"])[0]
+        for k in kinds
+    ]
+    fixes = [
+        f"{k}: {_UNSENT.get(k, _UNSENT['other'])[1]}"
+        if len(kinds) > 1
+        else _UNSENT.get(k, _UNSENT["other"])[1]
+        for k in kinds
+    ]
     return [
         _finding(
             "unsent_requests",
             "medium",
             0,
-            f"{n} request(s) were not sent because the API would refuse them (e.g. an embedding input over "
-            "8,192 tokens); those chunks have no embedding",
-            "lower --chunk-tokens",
+            "; ".join(parts),
+            "; ".join(fixes),
+            by_reason=by_reason,
             inputs=rows[:TOP],
         )
     ]
@@ -454,7 +592,11 @@ def _billed_mismatch(report: dict[str, Any], flow: Flow, total: int) -> list[dic
 
 
 def _calls_above_plan(report: dict[str, Any], flow: Flow, total: int) -> list[dict[str, Any]]:
-    """The plan needs one summary per chunk and ceil(chunks / batch) embedding requests."""
+    """The plan needs one summary per chunk and ceil(chunks / batch) embedding requests.
+
+    The extra tokens are the whole prompt of every extra request (a batch counts all its inputs):
+    retried attempts (the same figure as ``retried_calls``), embedding inputs sent again after
+    their batch was refused and split, and summaries of a chunk asked for again."""
     calls = calls_by_seq(report)
     config = (report.get("run") or {}).get("config") or {}
     batch = int(config.get("embedding_batch_size") or 256)
@@ -464,17 +606,42 @@ def _calls_above_plan(report: dict[str, Any], flow: Flow, total: int) -> list[di
     actual = len(calls)
     if not planned or actual <= planned * 1.02 + 1:
         return []
-    extra_seqs: list[int] = []
+    retries = [0, 0]
+    splits = [0, 0]
+    repeats = [0, 0]
     seen_chat: set[tuple[str, int]] = set()
-    extra_tokens = 0
+    seen_embed: set[tuple[str, int]] = set()
     for seq in sorted(calls):
         c = calls[seq]
-        if c["call_type"] == CHAT:
-            if c["chunks"][0] in seen_chat:
-                extra_tokens += c["prompt_tokens"]
-                extra_seqs.append(seq)
-            seen_chat.add(c["chunks"][0])
-    embed_calls = sum(1 for c in calls.values() if c["call_type"] == EMBED)
+        if c.get("attempt", 0) > 0:
+            cause = retries
+        elif c["call_type"] == CHAT:
+            cause = repeats if c["chunks"][0] in seen_chat else [0, 0]
+        else:
+            cause = splits if seen_embed.intersection(c["chunks"]) else [0, 0]
+        cause[0] += 1
+        cause[1] += c["prompt_tokens"]
+        (seen_chat if c["call_type"] == CHAT else seen_embed).update(c["chunks"])
+    extra_tokens = retries[1] + splits[1] + repeats[1]
+    parts = []
+    fixes = []
+    if retries[0]:
+        parts.append(f"{retries[0]:,} retried attempt(s), {retries[1]:,} tokens")
+        fixes.append("retries: see retried_calls for why they were retried")
+    if splits[0]:
+        parts.append(
+            f"{splits[0]:,} embedding request(s) re-sent after a batch was refused (400), "
+            f"{splits[1]:,} tokens"
+        )
+        fixes.append("refused embedding batches: lower --chunk-tokens so that no input is refused")
+    if repeats[0]:
+        parts.append(
+            f"{repeats[0]:,} summary request(s) for chunks already summarised, {repeats[1]:,} tokens"
+        )
+        fixes.append(
+            "repeated summaries: the ledger holds more than one run of the same chunks, or a cache "
+            "was bypassed"
+        )
     return [
         _finding(
             "calls_above_plan",
@@ -482,12 +649,17 @@ def _calls_above_plan(report: dict[str, Any], flow: Flow, total: int) -> list[di
             extra_tokens,
             f"{actual:,} API calls where the plan needed {planned:,} "
             f"({actual / planned:.2f} per planned call): "
-            f"{len(extra_seqs):,} repeated summary calls, {embed_calls:,} embedding calls for "
-            f"{math.ceil(len(embedded) / batch):,} batches",
-            "retries: see retried_calls; embedding batches split after a 400: lower --chunk-tokens "
-            "so that no input is refused",
+            + "; ".join(parts or ["cause not recorded"])
+            + " (extra tokens: the whole prompt of every extra request, a batch with all its inputs)",
+            "; ".join(fixes) or "see the call records in the ledger",
             planned_calls=planned,
             actual_calls=actual,
+            retried_attempts=retries[0],
+            retried_tokens=retries[1],
+            split_requests=splits[0],
+            split_tokens=splits[1],
+            repeated_summaries=repeats[0],
+            repeated_summary_tokens=repeats[1],
             calls_per_chunk=round(actual / max(len(chat_chunks | embedded), 1), 3),
         )
     ]
@@ -521,9 +693,7 @@ def _scaling(scaling: dict[str, Any], total: int) -> list[dict[str, Any]]:
             "superlinear_scaling",
             "medium",
             None,
-            f"tokens sent per file grow as document tokens^{fit['exponent']:.2f} "
-            f"(± {fit['stderr'] or 0:.2f}, {fit['points']} files): {describe(fit['exponent'])}, so large "
-            "documents cost far more than their size",
+            f"{explain(fit)} ({describe(fit['exponent'])}), so large documents cost far more than their size",
             "something is sent once per chunk and grows with the document: use --context section",
             fit=fit,
         )
@@ -536,19 +706,50 @@ def _slowness(report: dict[str, Any], latency: dict[str, Any]) -> list[dict[str,
     out = []
     eff = latency.get("effective_concurrency")
     if eff is not None and latency["calls_timed"] >= 20 and eff < 1.5 and (latency.get("busy_s") or 0) > 1:
+        configured = latency.get("configured_concurrency")
+        limited = latency.get("rate_limited_calls") or 0
+        agg = report.get("aggregated") or {}
+        if agg.get("retry_wait_s") is not None or agg.get("rate_limit_wait_s") is not None:
+            waited = float(agg.get("retry_wait_s") or 0.0) + float(agg.get("rate_limit_wait_s") or 0.0)
+        else:
+            waited = float(latency.get("retry_wait_s") or 0.0)
+        summary = (
+            f"calls ran one at a time: effective concurrency {eff:.2f} over {latency['span_s']:.1f} s "
+            f"({latency['calls_timed']:,} calls, {latency['busy_s']:.1f} s of request time"
+            + (f"; --concurrency was {configured}" if configured is not None else "")
+            + ")"
+        )
+        if limited or waited > 0.2 * (latency.get("span_s") or 0):
+            summary += (
+                f": the run was rate limited ({limited:,} 429 response(s), {waited:.1f} s spent waiting "
+                "before retries and for rate limits, summed over requests)"
+            )
+            fix = (
+                "the API's rate limit held the run back, not --concurrency: set --rpm/--tpm to your "
+                "tier's limits so that requests are paced instead of refused, or ask for a higher tier"
+            )
+        elif configured is not None:
+            fix = (
+                f"raise --concurrency (this run: {configured}) up to your rate limit; batch embeddings "
+                "(--embedding-batch)"
+            )
+        else:
+            fix = (
+                "the traced program made its calls one after another: make them concurrently "
+                "(e.g. asyncio.gather)"
+            )
         out.append(
             _finding(
                 "sequential_calls",
                 "medium",
                 None,
-                f"calls ran one at a time: effective concurrency {eff:.2f} over {latency['span_s']:.1f} s "
-                f"({latency['calls_timed']:,} calls, {latency['busy_s']:.1f} s of request time)",
-                "raise --concurrency (the default is 8) up to your rate limit; batch embeddings "
-                "(--embedding-batch)",
+                summary,
+                fix,
                 **{
                     k: latency[k]
                     for k in ("effective_concurrency", "configured_concurrency", "span_s", "busy_s")
                 },
+                rate_limited_calls=limited,
             )
         )
     if latency.get("rate_limited_calls"):
@@ -559,7 +760,8 @@ def _slowness(report: dict[str, Any], latency: dict[str, Any]) -> list[dict[str,
                 None,
                 f"{latency['rate_limited_calls']:,} call(s) were rate limited (429); "
                 f"{latency['retry_wait_s']:.1f} s spent waiting before retries",
-                "lower --concurrency to stay under the limit, or ask for a higher rate limit tier",
+                "lower --concurrency or set --rpm/--tpm to stay under the limit, or ask for a higher rate "
+                "limit tier",
                 rate_limited_calls=latency["rate_limited_calls"],
                 retry_wait_s=latency["retry_wait_s"],
             )

@@ -1,7 +1,9 @@
 """How tokens sent grow with document size (per file, log-log) and with repository size (across runs).
 
 An exponent near 1 is linear growth; near 2 is quadratic: each chunk of a document carries
-something proportional to the whole document (e.g. ``--context document``).
+something proportional to the whole document (e.g. ``--context document``). Labels:
+``sublinear`` below 0.9, ``linear`` to 1.1, ``slightly superlinear`` to 1.5, ``superlinear`` to
+1.75, ``quadratic`` above.
 """
 
 from __future__ import annotations
@@ -38,12 +40,42 @@ def loglog_fit(xs: Sequence[float], ys: Sequence[float]) -> dict[str, Any] | Non
     }
 
 
+#: Growth labels by exponent: (upper bound, label, how tokens grow in plain words). One table
+#: for the report's ``growth``, the console, the HTML and the ``superlinear_scaling`` finding.
+GROWTH = (
+    (0.9, "sublinear", "more slowly than"),
+    (1.1, "linear", "about linearly with"),
+    (QUADRATIC_EXPONENT, "slightly superlinear", "a little faster than linearly with"),
+    (1.75, "superlinear", "clearly faster than linearly with"),
+    (math.inf, "quadratic", "about quadratically with"),
+)
+
+
+def _growth(exponent: float) -> tuple[str, str]:
+    for bound, label, words in GROWTH:
+        if exponent < bound:
+            return label, words
+    return GROWTH[-1][1], GROWTH[-1][2]
+
+
 def describe(exponent: float) -> str:
-    if exponent >= QUADRATIC_EXPONENT:
-        return "quadratic" if exponent >= 1.75 else "superlinear"
-    if exponent <= 0.75:
-        return "sublinear"
-    return "linear"
+    """``sublinear`` (< 0.9), ``linear`` (0.9 to 1.1), ``slightly superlinear`` (1.1 to 1.5),
+    ``superlinear`` (1.5 to 1.75) or ``quadratic`` (1.75 and over)."""
+    return _growth(exponent)[0]
+
+
+def explain(fit: dict[str, Any], *, what: str = "tokens sent", size: str = "document size") -> str:
+    """A fit in plain words, e.g. "tokens sent grow about linearly with document size
+    (exponent 1.02 ± 0.04 over 12 files; 1 would be linear, 2 quadratic)"."""
+    words = _growth(float(fit["exponent"]))[1]
+    if words == "more slowly than":
+        words = "more slowly than linearly with"
+    spread = f" ± {fit['stderr']:.2f}" if fit.get("stderr") is not None else ""
+    points = f" over {fit['points']} files" if size == "document size" else f" over {fit['points']} runs"
+    return (
+        f"{what} grow {words} {size} (exponent {fit['exponent']:.2f}{spread}{points}; "
+        "1 would be linear, 2 quadratic)"
+    )
 
 
 def per_file(report: dict[str, Any]) -> dict[str, Any]:

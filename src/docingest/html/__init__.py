@@ -15,6 +15,9 @@ from importlib import resources
 from pathlib import Path
 from typing import Any
 
+from docingest.analyse import amplification_text
+from docingest.analyse.scaling import explain
+from docingest.cost import cost_line, finding_cost
 from docingest.report import atomic_write_text
 
 __all__ = ["render_html", "write_html"]
@@ -305,8 +308,8 @@ def _findings(report: dict[str, Any]) -> str:
     out = []
     for f in report.get("findings") or []:
         sev = esc(f["severity"])
-        tokens = f"{f['tokens']:,} tokens" if f.get("tokens") is not None else ""
-        cost = f", {_usd(f.get('cost_usd'))}" if f.get("tokens") else ""
+        tokens = finding_cost(f) if f.get("tokens") else ""
+        cost = ""
         out.append(
             f'<div class="finding {sev}" data-code="{esc(f["code"])}"><span class="sev {sev}">{sev}</span>'
             f'<span class="code">{esc(f["code"])}</span> <span class="note">{esc(tokens)}{esc(cost)}</span>'
@@ -368,7 +371,7 @@ def _cards(report: dict[str, Any]) -> str:
         ("tokens sent, all APIs", _n(agg["total_tokens_sent_to_apis"]), True),
         (
             "amplification (chat / chunk tokens)",
-            f"{amp:.2f}x" if amp is not None else "unknown",
+            amplification_text(agg),
             bool(amp and amp > 3),
         ),
         ("tokens sent per document token", f"{sent_per_doc:.2f}" if sent_per_doc else "unknown", False),
@@ -377,7 +380,11 @@ def _cards(report: dict[str, Any]) -> str:
             f"{agg['total_api_calls_initiated']:,} ({agg['total_failed_calls']:,})",
             agg["total_failed_calls"] > 0,
         ),
-        ("estimated cost", _usd(cost), False),
+        (
+            "estimated cost",
+            esc(cost_line(report["cost"]).split(" = ")[0]) if report.get("cost") else _usd(cost),
+            False,
+        ),
     ]
     return (
         '<div class="cards">'
@@ -457,12 +464,7 @@ def render_html(report: dict[str, Any]) -> str:
     check = waterfall.get("check") or {}
     scaling = report.get("scaling") or {}
     fit = scaling.get("fit")
-    fit_text = (
-        f"exponent {fit['exponent']:.2f} ± {fit['stderr'] or 0:.2f} over {fit['points']} files "
-        f"({esc(scaling.get('growth'))}); near 1 is linear, near 2 quadratic"
-        if fit
-        else "too few files for a fit"
-    )
+    fit_text = esc(explain(fit)) if fit else "too few files for a fit"
     config = run.get("config") or {}
     settings = ", ".join(
         f"{k} {v}" for k, v in config.items() if k in ("chunk_tokens", "overlap_tokens", "context", "loader")
