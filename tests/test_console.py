@@ -17,12 +17,12 @@ class FakeClock:
         return self.now
 
 
-def test_plain_progress_lines_come_at_the_interval():
+def test_plain_progress_lines_come_at_the_interval():  # one line per update, even narrow
     buf = io.StringIO()
     clock = FakeClock()
     stats = StatsCollector(None)
     progress = Progress(files_total=10, files_done=3, chunks=42, calls_planned=50, calls_done=7)
-    with ProgressView(Console(file=buf, width=200), get_time=clock, interval=5.0) as view:
+    with ProgressView(Console(file=buf, width=40), get_time=clock, interval=5.0) as view:
         view.update(progress, stats)
         assert buf.getvalue() == ""  # not yet: less than the interval has passed
         clock.now = 5.0

@@ -25,6 +25,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+from docingest.errors import LedgerError
 from docingest.ledger import LedgerWriter, read_ledger
 
 SCHEMA_VERSION = 1
@@ -610,8 +611,12 @@ class StatsCollector:
         stats.ledger_paths = tuple(paths)
         stats._rebuilt = True
         for path in paths:
+            records = 0
             for record in read_ledger(path):
                 stats._fold(record)
+                records += 1
+            if not records:
+                raise LedgerError(f"{path} holds no ledger record: is it the ledger of a docingest run?")
         if stats.status is None:
             stats.status = "incomplete"
         return stats

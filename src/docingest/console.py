@@ -96,6 +96,7 @@ class ProgressView:
                 f"calls {progress.calls_done:,}/{progress.calls_planned:,}  tokens sent {sent:,}  "
                 f"elapsed {stats.elapsed():.1f}s",
                 highlight=False,
+                soft_wrap=True,  # one line per update in a log, never cut mid-word
             )
 
 
@@ -162,6 +163,13 @@ def print_summary(
         console.print(
             "skipped: " + ", ".join(f"{n} {r}" for r, n in sorted(reasons.items())), highlight=False
         )
+    noted: dict[str, list[str]] = {}
+    for path, figures in (report.get("files") or {}).items():
+        for note in figures.get("notes") or ():
+            noted.setdefault(str(note).split(":", 1)[0], []).append(path)
+    for note, paths in sorted(noted.items()):
+        shown = ", ".join(paths[:3]) + (f" and {len(paths) - 3} more" if len(paths) > 3 else "")
+        console.print(f"note: {note}: {shown}", highlight=False, markup=False)
     unchanged = report["aggregated"].get("files_unchanged")
     if unchanged:
         loaded = report["aggregated"].get("files_loaded", 0)
