@@ -245,3 +245,32 @@ def test_reports_are_written_with_the_usual_file_mode(tmp_path):
         os.umask(old)
     assert report.stat().st_mode & 0o777 == 0o644
     assert html.stat().st_mode & 0o777 == 0o644
+
+
+def test_query_lines_show_the_heading_path_of_each_hit(tmp_path):
+    from docingest.query import search
+    from docingest.testing.openai_server import OpenAIServer
+
+    console, buf = _console()
+    db = tmp_path / "kb.sqlite"
+    with OpenAIServer() as server:
+        argv = ["ingest", str(SAMPLE), "--base-url", server.base_url, "--db", str(db)]
+        assert main([*argv, "--report", str(tmp_path / "r.json")], console=console) == 0
+        hits = search("Quick install", db=db, k=3, base_url=server.base_url, api_key="x")
+        buf.seek(0)
+        buf.truncate()
+        assert (
+            main(
+                ["query", "Quick install", "-k", "3", "--db", str(db), "--base-url", server.base_url],
+                console=console,
+            )
+            == 0
+        )
+    lines = [line for line in buf.getvalue().splitlines() if re.match(r"\d+\. ", line)]
+    assert len(lines) == len(hits) == 3
+    for rank, (line, hit) in enumerate(zip(lines, hits, strict=True), 1):
+        expected = f"{rank}. {hit.path} #{hit.index}  score {hit.score:.4f}"
+        if hit.heading_path:
+            expected += f"  ({' > '.join(hit.heading_path)})"
+        assert line == expected
+    assert any(hit.heading_path for hit in hits)

@@ -48,3 +48,55 @@ def test_planner_prompt_tokens_equal_the_planned_requests():
                 chunks = chunker.chunk(doc)
                 planned = sum(r.prompt_tokens for r in planner.summaries(doc, chunks))
                 assert planner.prompt_tokens(doc, chunks) == planned
+
+
+class _CountingCounter(tokens.TokenCounter):
+    """Records the length of every text it encodes."""
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.encoded: list[int] = []
+
+    def encode(self, text):
+        self.encoded.append(len(text))
+        return super().encode(text)
+
+
+def test_document_context_encodes_the_document_once_however_many_chunks():
+    from docingest.models import Chunk, Document
+
+    text = "# Big\n\n" + "word " * 400_000  # 2 MB, past the counter's cache (1 MB here)
+    doc = Document(path="b.md", kind="markdown", text=text, source_text=text, sha256="0")
+    step = len(text) // 200
+    chunks = [
+        Chunk(
+            path="b.md",
+            index=i,
+            text=text[i * step : (i + 1) * step],
+            tokens=0,
+            sha256=str(i),
+            start=i * step,
+        )
+        for i in range(200)
+    ]
+    chat = _CountingCounter("o200k_base", cache_chars=1_000_000)
+    planner = Planner(
+        chat,
+        tokens.TokenCounter("cl100k_base"),
+        chat_model="gpt-4o-mini",
+        embedding_model="x",
+        context="document",
+    )
+    total = planner.prompt_tokens(doc, chunks)
+    assert sum(n >= len(text) for n in chat.encoded) == 1
+    requests = planner.summaries(doc, chunks)
+    assert sum(n >= len(text) for n in chat.encoded) == 1  # the same count again, not re-encoded
+    assert sum(r.prompt_tokens for r in requests) == total
+    whole = tokens.TokenCounter("o200k_base").count(f"Full document b.md:\n\n{text}")
+    assert requests[0].prompt_tokens == tokens.TokenCounter("o200k_base").count_messages(requests[0].messages)
+    assert requests[0].prompt_tokens > whole
+    # the keys are the plain content keys, computed without hashing the document per chunk
+    from docingest.plan import content_key
+
+    for r in (requests[0], requests[-1]):
+        assert r.key == content_key("gpt-4o-mini", [r.messages, planner.summary_tokens])

@@ -119,6 +119,11 @@ class Chunker:
             pieces = self._text.chunk_indices(doc.text)
             headings = rst_headings(doc.text) if doc.kind == "rst" else []
         offsets, paths = heading_paths(headings)
+        spans = [(start, start + len(text)) for start, text in pieces]
+        if len(spans) > 1:
+            self.counter.count_many([text for _, text in pieces])  # warm the cache, on all cores
+            spans = self._mend(doc.text, spans, markdown=doc.kind in ("markdown", "notebook"))
+        pieces = [(start, doc.text[start:end]) for start, end in spans]
         counts = self.counter.count_many([text for _, text in pieces])
         chunks = []
         for index, ((start, text), tokens) in enumerate(zip(pieces, counts, strict=True)):
@@ -136,3 +141,137 @@ class Chunker:
                 )
             )
         return chunks
+
+    # -- stubs: chunks with nothing to summarize or find ---------------------------------------------
+    def _mend(self, text: str, spans: list[tuple[int, int]], *, markdown: bool) -> list[tuple[int, int]]:
+        """Join each stub (a chunk of only fence lines, headings or punctuation, such as the
+        ```` ```python ```` the splitter leaves before a code block too long for one chunk) to its
+        neighbour: a fence opener or heading to the chunk after it, anything else to the one before.
+
+        Every chunk stays a slice ``text[start:end]`` of at most ``chunk_tokens`` tokens, counted
+        exactly. When the stub and its neighbour do not fit together, the neighbour is cut at a
+        line break so that the stub and the neighbour's head make one chunk and the rest another.
+        A stub that can be joined to nothing (a document of only a fence) stays as it is.
+        """
+        openers = _fence_openers(text) | {at for at, _, _ in markdown_headings(text)} if markdown else set()
+        out: list[tuple[int, int]] = []
+        todo = list(reversed(spans))  # a stack: the next span is todo[-1]
+        while todo:
+            start, end = todo.pop()
+            kind = _stub_kind(text, start, end, openers, markdown=markdown)
+            if kind is None:
+                out.append((start, end))
+                continue
+            if kind == "back" and out and self._fits(text, out[-1][0], max(out[-1][1], end)):
+                out[-1] = (out[-1][0], max(out[-1][1], end))
+                continue
+            if todo:
+                nstart, nend = todo[-1]
+                if self._fits(text, start, max(end, nend)):
+                    todo[-1] = (start, max(end, nend))  # looked at again: it may still be a stub
+                    continue
+                cut = self._carry(text, start, end, nstart, nend, openers, markdown=markdown)
+                if cut is not None:
+                    todo[-1:] = [cut[1], cut[0]]
+                    continue
+            if kind == "forward" and out and self._fits(text, out[-1][0], max(out[-1][1], end)):
+                out[-1] = (out[-1][0], max(out[-1][1], end))
+                continue
+            out.append((start, end))
+        return out
+
+    def _fits(self, text: str, start: int, end: int) -> bool:
+        return self.counter.count(text[start:end]) <= self.chunk_tokens
+
+    def _carry(
+        self,
+        text: str,
+        start: int,
+        end: int,
+        nstart: int,
+        nend: int,
+        openers: set[int],
+        *,
+        markdown: bool,
+    ) -> tuple[tuple[int, int], tuple[int, int]] | None:
+        """Cut the next chunk ``[nstart, nend)`` at a line break (else a space) so that the stub
+        ``[start, end)`` and its head fit in one chunk, its rest in another (neither a stub)."""
+        lo = max(end, nstart)
+        body = text[lo:nend]
+        cuts = [lo + i for i, c in enumerate(body) if c == "\n"] or [
+            lo + i for i, c in enumerate(body) if c == " "
+        ]
+
+        def split(cut: int) -> tuple[tuple[int, int], tuple[int, int]] | None:
+            head_end = start + len(text[start:cut].rstrip())
+            rest = text[cut:nend]
+            rest_start = cut + len(rest) - len(rest.lstrip())
+            if head_end <= end or rest_start >= nend:
+                return None
+            return (start, head_end), (rest_start, nend)
+
+        # The largest head that fits (binary search: a longer prefix never has fewer tokens, all
+        # but always; each candidate is then checked exactly).
+        lo_i, hi_i = 0, len(cuts) - 1
+        best = -1
+        while lo_i <= hi_i:
+            mid = (lo_i + hi_i) // 2
+            if self._fits(text, start, cuts[mid]):
+                best, lo_i = mid, mid + 1
+            else:
+                hi_i = mid - 1
+        for i in range(best, -1, -1):
+            parts = split(cuts[i])
+            if parts is None:
+                continue
+            (hs, he), (rs, re_) = parts
+            if (
+                self._fits(text, hs, he)
+                and self._fits(text, rs, re_)
+                and _stub_kind(text, hs, he, openers, markdown=markdown) is None
+                and _stub_kind(text, rs, re_, openers, markdown=markdown) is None
+            ):
+                return parts
+        return None
+
+
+_PUNCT_ONLY = re.compile(r"[\W_]*")
+_FENCE_LINE = re.compile(r"(`{3,}|~{3,})[ \t]*[\w+#.-]*")
+
+
+def _fence_openers(text: str) -> set[int]:
+    """Offsets of the lines that open a fenced code block."""
+    out: set[int] = set()
+    offset = 0
+    fence: str | None = None
+    for line in text.splitlines(keepends=True):
+        stripped = line.strip()
+        m = _FENCE.match(stripped)
+        if m:
+            if fence is None:
+                fence = m.group(1)[0] * 3
+                out.add(offset + len(line) - len(line.lstrip()))
+            elif stripped.startswith(fence):
+                fence = None
+        offset += len(line)
+    return out
+
+
+def _stub_kind(text: str, start: int, end: int, openers: set[int], *, markdown: bool) -> str | None:
+    """``None`` for a chunk with content; for a stub, where it belongs: ``"forward"`` (it holds a
+    fence opener or a heading) or ``"back"`` (closing fences, punctuation, blank lines only).
+    ``openers``: the offsets of the lines that open a code block or a section."""
+    kind = "back"
+    offset = start
+    for line in text[start:end].splitlines(keepends=True):
+        stripped = line.strip()
+        at = offset + len(line) - len(line.lstrip())
+        offset += len(line)
+        if _PUNCT_ONLY.fullmatch(stripped):
+            if at in openers:
+                kind = "forward"
+        elif markdown and (_FENCE_LINE.fullmatch(stripped) or at in openers):
+            kind = "forward"
+        else:
+            return None
+    return kind

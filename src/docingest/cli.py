@@ -249,8 +249,9 @@ def _query(args: argparse.Namespace, console: Console) -> int:
         return 1
     for rank, hit in enumerate(hits, 1):
         snippet = " ".join(hit.text.split())[:200]
+        section = f"  ({' > '.join(hit.heading_path)})" if hit.heading_path else ""
         console.print(
-            f"{rank}. {hit.path} #{hit.index}  score {hit.score:.4f}", highlight=False, markup=False
+            f"{rank}. {hit.path} #{hit.index}  score {hit.score:.4f}{section}", highlight=False, markup=False
         )
         console.print(f"   {snippet}", highlight=False, markup=False)
     return 0

@@ -13,7 +13,7 @@ import hashlib
 import json
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
-from typing import Literal
+from typing import Any, Literal
 
 from docingest.models import Chunk, Document
 from docingest.tokens import TokenCounter
@@ -111,16 +111,18 @@ class Planner:
 
     def summaries(self, doc: Document, chunks: Sequence[Chunk]) -> list[SummaryRequest]:
         whole = self._whole(doc)
+        keys = _SharedPrefixKeys(self.chat_model, whole, self.summary_tokens) if whole else None
         out = []
         for chunk in chunks:
             messages = self._messages(doc, chunk, whole)
+            payload = [messages, self.summary_tokens]
             out.append(
                 SummaryRequest(
                     chunk=chunk,
                     messages=messages,
                     prompt_tokens=self.chat_counter.count_messages(messages),
                     max_tokens=self.summary_tokens,
-                    key=content_key(self.chat_model, [messages, self.summary_tokens]),
+                    key=keys.key(messages) if keys else content_key(self.chat_model, payload),
                 )
             )
         return out
@@ -137,6 +139,42 @@ class Planner:
             EmbeddingItem(chunk=c, input=text, tokens=n, key=content_key(self.embedding_model, text))
             for c, text, n in zip(chunks, inputs, counts, strict=True)
         ]
+
+
+class _SharedPrefixKeys:
+    """:func:`content_key` of requests that all carry the same long text (the whole document)
+    ahead of what differs: the hash of everything up to the end of that text is computed once and
+    copied for each request, so a key costs the chunk, not the document."""
+
+    _MARK = "\x00docingest-shared-text\x00"
+
+    def __init__(self, model: str, shared: str, summary_tokens: int) -> None:
+        self.model = model
+        self.shared = shared
+        self.summary_tokens = summary_tokens
+        self._head: str | None = None
+        self._state: Any = None
+        self._mark = json.dumps(self._MARK, ensure_ascii=False)
+
+    def key(self, messages: list[dict[str, str]]) -> str:
+        marked = [{**m, "content": self._MARK} if m.get("content") is self.shared else m for m in messages]
+        raw = json.dumps(
+            [self.model, [marked, self.summary_tokens]],
+            ensure_ascii=False,
+            separators=(",", ":"),
+            sort_keys=True,
+        )
+        at = raw.find(self._mark)
+        if at < 0:  # the shared text is not in this request
+            return content_key(self.model, [messages, self.summary_tokens])
+        head, tail = raw[:at], raw[at + len(self._mark) :]
+        if head != self._head:
+            text = json.dumps(self.shared, ensure_ascii=False)
+            self._state = hashlib.sha256((head + text).encode("utf-8", "surrogatepass"))
+            self._head = head
+        digest = self._state.copy()
+        digest.update(tail.encode("utf-8", "surrogatepass"))
+        return str(digest.hexdigest())
 
 
 def batches(

@@ -59,9 +59,11 @@ _pool: ThreadPoolExecutor | None = None
 PARALLEL_MIN_CHARS = 32_768
 #: The count cache holds at most this many characters of keys (an LRU bound in memory, not entries).
 CACHE_CHARS = 16_000_000
-#: Texts longer than this are counted but never cached (a whole notebook is rarely asked twice,
-#: and a document-context prompt repeats the *same* string object, which is cheap to find).
+#: Texts longer than this are not kept in the count cache (a whole notebook is rarely asked twice),
+#: only among the last :data:`LARGE_TEXTS` such texts: a document-context prompt repeats the *same*
+#: string for every chunk, which is found at once (by identity, else by one comparison).
 CACHE_MAX_TEXT_CHARS = 4_000_000
+LARGE_TEXTS = 4
 
 
 def _threads() -> ThreadPoolExecutor:
@@ -158,6 +160,7 @@ class TokenCounter:
         self._cache_size = cache_size
         self._cache_chars = cache_chars
         self._chars = 0
+        self._large: list[tuple[str, int]] = []  # the last texts too long for the cache, newest last
         self._lock = threading.Lock()
 
     @classmethod
@@ -174,11 +177,10 @@ class TokenCounter:
         if not text:
             return 0
         with self._lock:
-            hit = self._cache.get(text)
+            hit = self._cached(text)
             if hit is not None:
-                self._cache.move_to_end(text)
                 return hit
-        n = len(self._enc.encode_ordinary(text))
+        n = len(self.encode(text))
         self._remember(text, n)
         return n
 
@@ -189,7 +191,7 @@ class TokenCounter:
         missing: dict[str, int] = {}
         with self._lock:
             for t in texts:
-                hit = self._cache.get(t) if t else 0
+                hit = self._cached(t) if t else 0
                 out.append(hit)
                 if hit is None:
                     missing[t] = 0
@@ -199,7 +201,7 @@ class TokenCounter:
                 keys.sort(key=len, reverse=True)
                 lengths = list(_threads().map(self._length, keys))
             else:
-                lengths = [len(self._enc.encode_ordinary(k)) for k in keys]
+                lengths = [len(self.encode(k)) for k in keys]
             for key, n in zip(keys, lengths, strict=True):
                 missing[key] = n
                 self._remember(key, n)
@@ -211,10 +213,25 @@ class TokenCounter:
         return await asyncio.get_running_loop().run_in_executor(None, self.count_many, texts)
 
     def _length(self, text: str) -> int:
-        return len(self._enc.encode_ordinary(text))
+        return len(self.encode(text))
+
+    def _cached(self, text: str) -> int | None:
+        """The remembered count of ``text`` (the caller holds the lock)."""
+        if len(text) > CACHE_MAX_TEXT_CHARS or len(text) > self._cache_chars:
+            for known, n in self._large:
+                if known is text or known == text:
+                    return n
+            return None
+        hit = self._cache.get(text)
+        if hit is not None:
+            self._cache.move_to_end(text)
+        return hit
 
     def _remember(self, text: str, n: int) -> None:
         if len(text) > CACHE_MAX_TEXT_CHARS or len(text) > self._cache_chars:
+            with self._lock:
+                if all(known is not text and known != text for known, _ in self._large):
+                    self._large = [*self._large[1 - LARGE_TEXTS :], (text, n)]
             return
         with self._lock:
             if text in self._cache:
