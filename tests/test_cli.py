@@ -274,3 +274,24 @@ def test_query_lines_show_the_heading_path_of_each_hit(tmp_path):
             expected += f"  ({' > '.join(hit.heading_path)})"
         assert line == expected
     assert any(hit.heading_path for hit in hits)
+
+
+def test_report_of_an_empty_file_is_refused(tmp_path, capsys):
+    console, _ = _console()
+    empty = tmp_path / "empty.jsonl"
+    empty.write_text("")
+    assert main(["report", str(empty)], console=console) == 2
+    assert "holds no ledger record" in capsys.readouterr().err
+
+
+def test_loader_notes_are_shown_in_the_terminal(tmp_path):
+    src = tmp_path / "docs"
+    src.mkdir()
+    (src / "ok.md").write_text("# Fine\n\nText.\n")
+    (src / "latin1.md").write_bytes("# Caf\xe9\n".encode("latin-1"))
+    (src / "broken.ipynb").write_text("{ not json")
+    console, out = _console()
+    assert main(["ingest", str(src), "--dry-run", "--report", str(tmp_path / "r.json")], console=console) == 0
+    text = out.getvalue()
+    assert "note: invalid_utf8_replaced: latin1.md" in text
+    assert "note: notebook_unparseable: broken.ipynb" in text
