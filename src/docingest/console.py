@@ -23,16 +23,9 @@ from docingest.analyse import amplification_text
 from docingest.analyse.scaling import explain
 from docingest.cost import cost_line, finding_cost
 from docingest.pipeline import Progress as RunProgress
+from docingest.report import format_figure
 
-
-def _fmt(value: Any) -> str:
-    if value is None:
-        return "unknown"
-    if isinstance(value, float):
-        return f"{value:,.2f}"
-    if isinstance(value, int):
-        return f"{value:,}"
-    return str(value)
+_fmt = format_figure
 
 
 class ProgressView:

@@ -29,6 +29,17 @@ def validate_report(report: dict[str, Any]) -> None:
     jsonschema.validate(report, report_schema())
 
 
+def format_figure(value: Any) -> str:
+    """A figure as people read it: thousands separated, ``unknown`` for None."""
+    if value is None:
+        return "unknown"
+    if isinstance(value, float):
+        return f"{value:,.2f}"
+    if isinstance(value, int):
+        return f"{value:,}"
+    return str(value)
+
+
 def _temp_beside(path: Path) -> tuple[int, str]:
     """A temporary file next to ``path`` (same file system, for the rename), with the mode that
     ``open()`` would give ``path`` rather than mkstemp's private 0600."""

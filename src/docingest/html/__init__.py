@@ -18,7 +18,7 @@ from typing import Any
 from docingest.analyse import amplification_text
 from docingest.analyse.scaling import explain
 from docingest.cost import cost_line, finding_cost
-from docingest.report import atomic_write_text
+from docingest.report import atomic_write_text, format_figure
 
 __all__ = ["render_html", "write_html"]
 
@@ -43,13 +43,7 @@ def _asset(name: str) -> str:
 
 
 def _n(value: Any) -> str:
-    if value is None:
-        return "unknown"
-    if isinstance(value, float):
-        return f"{value:,.2f}"
-    if isinstance(value, int):
-        return f"{value:,}"
-    return esc(value)
+    return esc(format_figure(value))
 
 
 def _usd(value: Any) -> str:
