@@ -174,15 +174,9 @@ def record_client(
                     response = await send(request, *args, **kwargs)
                     await response.aread()
             except Exception as exc:
-                recorder.after(pending, status_code=None, body=None, error=f"{type(exc).__name__}: {exc}")
+                recorder.failed(pending, exc)
                 raise
-            recorder.after(
-                pending,
-                status_code=response.status_code,
-                body=response.content,
-                error=None,
-                headers=response.headers,
-            )
+            recorder.answered(pending, response, response.content)
             return response
 
         target.send = asend
@@ -195,15 +189,9 @@ def record_client(
                 response = simulated_response(request, options) if dry else send(request, *args, **kwargs)
                 response.read()
             except Exception as exc:
-                recorder.after(pending, status_code=None, body=None, error=f"{type(exc).__name__}: {exc}")
+                recorder.failed(pending, exc)
                 raise
-            recorder.after(
-                pending,
-                status_code=response.status_code,
-                body=response.content,
-                error=None,
-                headers=response.headers,
-            )
+            recorder.answered(pending, response, response.content)
             return response
 
         target.send = ssend

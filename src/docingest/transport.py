@@ -240,6 +240,14 @@ class _Recorder:
                 return sum(len(x) if isinstance(x, list) else counter.count(str(x)) for x in raw)
         return 0
 
+    def failed(self, pending: _Pending, exc: BaseException) -> None:
+        """Record an attempt that got no HTTP answer (refused, dropped, timed out)."""
+        self.after(pending, status_code=None, body=None, error=f"{type(exc).__name__}: {exc}")
+
+    def answered(self, pending: _Pending, response: Any, body: bytes) -> None:
+        """Record an attempt that got an HTTP answer (whatever its status)."""
+        self.after(pending, status_code=response.status_code, body=body, error=None, headers=response.headers)
+
     def after(
         self,
         pending: _Pending,
@@ -373,11 +381,9 @@ class RecordingTransport(httpx2.BaseTransport):
             body = response.read()
             response.close()
         except Exception as exc:
-            self._rec.after(pending, status_code=None, body=None, error=f"{type(exc).__name__}: {exc}")
+            self._rec.failed(pending, exc)
             raise
-        self._rec.after(
-            pending, status_code=response.status_code, body=body, error=None, headers=response.headers
-        )
+        self._rec.answered(pending, response, body)
         return _rebuild(response, body, request)
 
     def close(self) -> None:
@@ -405,11 +411,9 @@ class AsyncRecordingTransport(httpx2.AsyncBaseTransport):
             body = await response.aread()
             await response.aclose()
         except Exception as exc:
-            self._rec.after(pending, status_code=None, body=None, error=f"{type(exc).__name__}: {exc}")
+            self._rec.failed(pending, exc)
             raise
-        self._rec.after(
-            pending, status_code=response.status_code, body=body, error=None, headers=response.headers
-        )
+        self._rec.answered(pending, response, body)
         return _rebuild(response, body, request)
 
     async def aclose(self) -> None:
