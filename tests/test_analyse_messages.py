@@ -177,6 +177,7 @@ def test_budget_stop_unsent_requests_say_budget_and_how_to_go_on(tmp_path: Path)
     assert set(by_reason) == {"budget"} and by_reason["budget"]["requests"] >= 1
     f = finding(report, "unsent_requests")
     assert f["evidence"]["by_reason"] == by_reason
+    assert f["tokens"] == by_reason["budget"]["tokens"] > 0 and f["cost_kind"] == "not_sent"
     assert "budget" in f["summary"] and "refuse" not in f["summary"]
     assert f["fix"].startswith("run the same command again with a larger --max-tokens/--max-cost")
     assert "--chunk-tokens" not in f["fix"]

@@ -295,3 +295,27 @@ def test_loader_notes_are_shown_in_the_terminal(tmp_path):
     text = out.getvalue()
     assert "note: invalid_utf8_replaced: latin1.md" in text
     assert "note: notebook_unparseable: broken.ipynb" in text
+
+
+def test_dry_run_shows_the_figure_the_token_budget_is_checked_against(tmp_path):
+    import asyncio
+
+    from docingest.config import IngestConfig
+    from docingest.pipeline import aforecast
+
+    console, out = _console()
+    assert (
+        main(["ingest", str(SAMPLE), "--dry-run", "--report", str(tmp_path / "r.json")], console=console) == 0
+    )
+    line = next(x for x in out.getvalue().splitlines() if "forecast for --max-tokens" in x)
+    shown = int(re.sub(r"[^0-9]", "", line.split("│")[2]))
+    forecast = asyncio.run(aforecast(IngestConfig(source=SAMPLE, dry_run=True, report=tmp_path / "f.json")))
+    assert shown == forecast.tokens
+
+
+def test_report_of_a_report_points_at_its_ledger(tmp_path, capsys):
+    console, _ = _console()
+    report = tmp_path / "r.json"
+    assert main(["ingest", str(SAMPLE), "--dry-run", "--report", str(report)], console=console) == 0
+    assert main(["report", str(report)], console=console) == 2
+    assert f"its ledger is {tmp_path / 'r'}.ledger.jsonl" in capsys.readouterr().err

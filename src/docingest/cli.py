@@ -210,8 +210,9 @@ def _ingest(args: argparse.Namespace, console: Console) -> int:
     if agg.get("files_loaded", 0) == 0:
         console.print(
             f"no documentation files found in {config.source}: docingest selects .md .mdx .markdown .rst "
-            f".txt .ipynb ({agg.get('files_skipped', 0)} file(s) skipped, listed above); "
-            "use --include GLOB to select others",
+            ".txt .ipynb"
+            + (f" ({agg['files_skipped']} file(s) skipped, listed above)" if agg.get("files_skipped") else "")
+            + "; use --include GLOB to select others",
             highlight=False,
         )
         return 2

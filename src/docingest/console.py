@@ -125,6 +125,11 @@ def summary_table(report: dict[str, Any]) -> Table:
         counts = (fig["successful_calls"], fig["failed_calls"], fig.get("retried_calls", 0))
         rows.append((f"{call_type} calls (ok / failed / retried)", " / ".join(f"{n:,}" for n in counts)))
     rows.append(("API calls initiated", agg["total_api_calls_initiated"]))
+    summary_tokens = (run.get("config") or {}).get("summary_tokens")
+    if run.get("dry_run") and summary_tokens:  # what --max-tokens is checked against
+        chat_calls = agg["by_call_type"].get("chat_summary", {}).get("calls", 0)
+        worst = agg["total_tokens_sent_to_apis"] + chat_calls * int(summary_tokens)
+        rows.append(("forecast for --max-tokens (sent + max completion)", worst))
     if agg.get("billed_prompt_tokens") is not None:
         rows.append(("billed prompt tokens (API usage)", agg["billed_prompt_tokens"]))
     if agg.get("cache_hits"):

@@ -253,6 +253,8 @@ def finding_cost(finding: dict[str, Any]) -> str:
     tokens = finding.get("tokens")
     if tokens is None:
         return ""
+    if finding.get("cost_kind") == "not_sent":
+        return f"{tokens:,} tokens not sent"
     if finding.get("cost_kind") == "saved":
         return f"{tokens:,} tokens not sent, saved {_saved_usd(finding.get('cost_usd'))} vs a naive loader"
     return f"{tokens:,} tokens, {_money(finding.get('cost_usd'))}"

@@ -66,7 +66,12 @@ def read_ledger(path: Path) -> Iterator[dict[str, Any]]:
         lineno = 0
         for raw in fh:
             if pending is not None:
-                raise LedgerError(f"{path}:{lineno}: not a JSON record; is this a docingest ledger?")
+                hint = (
+                    f": it looks like a report; its ledger is {path.with_suffix('')}.ledger.jsonl"
+                    if lineno == 1 and pending.startswith("{") and path.suffix == ".json"
+                    else "; is this a docingest ledger?"
+                )
+                raise LedgerError(f"{path}:{lineno}: not a JSON record{hint}")
             lineno += 1
             line = raw.strip()
             if not line:

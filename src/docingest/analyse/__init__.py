@@ -3,7 +3,8 @@
 ``analyse(report)`` returns the sections a report carries beside its counts: ``waterfall`` (from
 source tokens to tokens sent, summing exactly), ``findings`` (causes with tokens, cost, evidence
 and a fix), ``scaling`` (tokens sent per file vs document tokens, log-log), ``latency`` and
-``cost``. Every finding has ``cost_usd`` and ``cost_kind``: ``spent`` (its tokens were sent)
+``cost``. Every finding has ``cost_usd`` and ``cost_kind``: ``not_sent`` (requests held back: over
+an API limit, or past the budget), ``spent`` (its tokens were sent)
 or ``saved`` (tokens kept back, e.g. by the smart loader). ``analyse_runs`` compares several
 reports (e.g. dry runs on repositories of different sizes).
 """
@@ -35,7 +36,9 @@ def analyse(report: dict[str, Any], *, prices: PriceTable | None = None) -> dict
     rate = input_rate(report, prices)
     for f in findings:
         # tokens a finding names that were *not* sent (the loader or discovery kept them back)
-        f["cost_kind"] = "saved" if f["code"] in SAVED_CODES else "spent"
+        f["cost_kind"] = (
+            "saved" if f["code"] in SAVED_CODES else "not_sent" if f["code"] == "unsent_requests" else "spent"
+        )
         if f["code"] == "failed_calls":  # rejected requests are not billed: they cost time, not money
             f["cost_usd"] = 0.0 if rate is not None else None
             continue

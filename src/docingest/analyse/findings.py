@@ -554,7 +554,7 @@ def _unsent(report: dict[str, Any], flow: Flow, total: int) -> list[dict[str, An
         _finding(
             "unsent_requests",
             "medium",
-            0,
+            sum(e["tokens"] for e in by_reason.values()),
             "; ".join(parts),
             "; ".join(fixes),
             by_reason=by_reason,
