@@ -16,6 +16,7 @@ import pytest
 from rich.console import Console
 
 from docingest.analyse import load_run
+from docingest.analyse.waterfall import iter_chunks
 from docingest.console import print_analysis, print_summary
 from docingest.cost import cost_line, run_cost, usd_parts
 from docingest.pipeline import IngestConfig, aforecast, ingest
@@ -181,6 +182,10 @@ def test_budget_stop_unsent_requests_say_budget_and_how_to_go_on(tmp_path: Path)
     assert "budget" in f["summary"] and "refuse" not in f["summary"]
     assert f["fix"].startswith("run the same command again with a larger --max-tokens/--max-cost")
     assert "--chunk-tokens" not in f["fix"]
+    # a 429 whose retry the budget held back did not fail for good: no "raise --max-retries" advice
+    assert [x for x in report["findings"] if x["code"] == "failed_calls"] == []
+    reasons = [u["reason"] for _p, _i, c in iter_chunks(report) for u in c.get("unsent") or ()]
+    assert reasons and all(r.startswith("budget: not sent once the run reached its budget") for r in reasons)
 
 
 # -- 3 and 4. retries: cause, fix and tokens that agree ----------------------------------------------------

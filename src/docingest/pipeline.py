@@ -332,7 +332,7 @@ class _Run:
             self.executor.write(outcome.records)
         if outcome.refused:
             self._stop(outcome.error)
-            self._unsent(request.chunk, "chat_summary", request.prompt_tokens, f"budget: {outcome.error}")
+            self._unsent(request.chunk, "chat_summary", request.prompt_tokens, _budget_reason(outcome.error))
         elif outcome.value is None:
             self._failed(outcome.error)
         for r in followers:
@@ -373,7 +373,7 @@ class _Run:
         for item, (vector, error) in zip(items, outcome.results, strict=True):
             if vector is None and outcome.refused and error == self.budget.refused:
                 self._stop(error)
-                self._unsent(item.chunk, "create_embedding", item.tokens, f"budget: {error}")
+                self._unsent(item.chunk, "create_embedding", item.tokens, _budget_reason(error))
             elif vector is None:
                 self._failed(error)
             for it in followers[item.key]:
@@ -518,6 +518,12 @@ class _FilePlan:
     requests: list[SummaryRequest]
     items: list[EmbeddingItem]
     unchanged: bool
+
+
+def _budget_reason(refusal: str | None) -> str:
+    """Why a request was held back: every request after the first refusal shares its message,
+    which names that first request's figures."""
+    return f"budget: not sent once the run reached its budget (the first refusal: {refusal})"
 
 
 def _open_kb(config: IngestConfig) -> KnowledgeBase | None:

@@ -447,10 +447,19 @@ def _retries_and_failures(report: dict[str, Any], flow: Flow, total: int) -> lis
                 chunks=worst,
             )
         )
+    # a request whose retry the budget held back did not fail for good: the unsent finding says it
+    held = {
+        (u.get("call_type"), p, i)
+        for p, i, ch in iter_chunks(report)
+        for u in ch.get("unsent") or ()
+        if str(u.get("reason", "")).startswith("budget")
+    }
     final_fail = [
         c
         for c in calls.values()
-        if c["status"] != "Success" and c.get("attempt", 0) >= last_attempt[_request_key(c)]
+        if c["status"] != "Success"
+        and c.get("attempt", 0) >= last_attempt[_request_key(c)]
+        and not (c["chunks"] and all((c["call_type"], p, i) in held for p, i in c["chunks"]))
     ]
     if final_fail:
         tokens = sum(c["prompt_tokens"] for c in final_fail)
