@@ -145,6 +145,7 @@ def test_no_api_key_ever_reaches_the_outputs(tmp_path, monkeypatch):
         ("--timeout", "0", "--timeout must be more than 0"),
         ("--max-file-bytes", "0", "--max-file-bytes must be at least 1"),
         ("--embedding-batch", "4096", "--embedding-batch must be between 1 and 2048"),
+        ("--base-url", "notaurl", "--base-url must be an http(s) URL"),
     ],
 )
 def test_bad_settings_are_refused_with_the_flag_named(tmp_path, capsys, flag, value, message):

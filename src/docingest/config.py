@@ -57,6 +57,11 @@ class IngestConfig:
             raise ConfigError(f"--loader must be smart or raw (got {self.loader!r})")
         if self.concurrency < 1:
             raise ConfigError("--concurrency must be at least 1")
+        if self.base_url is not None and not self.base_url.startswith(("http://", "https://")):
+            raise ConfigError(
+                f"--base-url must be an http(s) URL such as http://127.0.0.1:8000/v1 (got {self.base_url!r}; "
+                "OPENAI_BASE_URL sets it too)"
+            )
         if self.summary_tokens < 1:
             raise ConfigError(f"--summary-tokens must be at least 1 (got {self.summary_tokens})")
         if self.max_retries < 0:
