@@ -342,6 +342,10 @@ def _duplicates(report: dict[str, Any], flow: Flow, total: int) -> list[dict[str
     ]
 
 
+#: causes the SDK retries (up to --max-retries)
+_RETRYABLE = frozenset({"429", "5xx", "timeout", "no response"})
+
+
 def _cause(status: Any, error: str | None) -> str:
     """A failed attempt's cause: ``429``, ``5xx``, ``timeout``, ``no response`` (connection
     error), ``context length``, ``401``/``403``/``404`` or ``HTTP <n>``."""
@@ -454,12 +458,20 @@ def _retries_and_failures(report: dict[str, Any], flow: Flow, total: int) -> lis
         for u in ch.get("unsent") or ()
         if str(u.get("reason", "")).startswith("budget")
     }
+    # a run stopped early (budget, Ctrl-C) cuts short the retries still waiting: not failures for good
+    cut_short = (report.get("run") or {}).get("status") in ("stopped", "interrupted")
+    retry_limit = int(config.get("max_retries") or 0)
     final_fail = [
         c
         for c in calls.values()
         if c["status"] != "Success"
         and c.get("attempt", 0) >= last_attempt[_request_key(c)]
         and not (c["chunks"] and all((c["call_type"], p, i) in held for p, i in c["chunks"]))
+        and not (
+            cut_short
+            and c.get("attempt", 0) < retry_limit
+            and _cause(c.get("http_status"), c.get("error_details")) in _RETRYABLE
+        )
     ]
     if final_fail:
         tokens = sum(c["prompt_tokens"] for c in final_fail)
