@@ -39,26 +39,33 @@ def validate_chunking(chunk_tokens: int, overlap_tokens: int) -> None:
         )
 
 
-def markdown_headings(text: str) -> list[tuple[int, int, str]]:
-    """(character offset, level, title) of each ATX heading outside fenced code blocks."""
-    out: list[tuple[int, int, str]] = []
+def markdown_outline(text: str) -> tuple[list[tuple[int, int, str]], set[int]]:
+    """One pass over the lines: (character offset, level, title) of each ATX heading outside
+    fenced code blocks, and the offsets of the lines that open a fenced code block."""
+    headings: list[tuple[int, int, str]] = []
+    openers: set[int] = set()
     offset = 0
     fence: str | None = None
     for line in text.splitlines(keepends=True):
         stripped = line.strip()
         m = _FENCE.match(stripped)
         if m:
-            marker = m.group(1)
             if fence is None:
-                fence = marker[0] * 3
+                fence = m.group(1)[0] * 3
+                openers.add(offset + len(line) - len(line.lstrip()))
             elif stripped.startswith(fence):
                 fence = None
         elif fence is None:
             h = _ATX.match(line.rstrip("\r\n"))
             if h:
-                out.append((offset, len(h.group(1)), h.group(2).strip()))
+                headings.append((offset, len(h.group(1)), h.group(2).strip()))
         offset += len(line)
-    return out
+    return headings, openers
+
+
+def markdown_headings(text: str) -> list[tuple[int, int, str]]:
+    """(character offset, level, title) of each ATX heading outside fenced code blocks."""
+    return markdown_outline(text)[0]
 
 
 def rst_headings(text: str) -> list[tuple[int, int, str]]:
@@ -112,9 +119,12 @@ class Chunker:
     def chunk(self, doc: Document) -> list[Chunk]:
         if not doc.text.strip():
             return []
-        if doc.kind in ("markdown", "notebook"):
+        markdown = doc.kind in ("markdown", "notebook")
+        openers: set[int] = set()  # where a stub belongs with what follows: fence openers, headings
+        if markdown:
             pieces = self._markdown.chunk_indices(doc.text)
-            headings = markdown_headings(doc.text)
+            headings, openers = markdown_outline(doc.text)
+            openers |= {at for at, _, _ in headings}
         else:
             pieces = self._text.chunk_indices(doc.text)
             headings = rst_headings(doc.text) if doc.kind == "rst" else []
@@ -122,7 +132,7 @@ class Chunker:
         spans = [(start, start + len(text)) for start, text in pieces]
         if len(spans) > 1:
             self.counter.count_many([text for _, text in pieces])  # warm the cache, on all cores
-            spans = self._mend(doc.text, spans, markdown=doc.kind in ("markdown", "notebook"))
+            spans = self._mend(doc.text, spans, openers, markdown=markdown)
         pieces = [(start, doc.text[start:end]) for start, end in spans]
         counts = self.counter.count_many([text for _, text in pieces])
         chunks = []
@@ -143,7 +153,9 @@ class Chunker:
         return chunks
 
     # -- stubs: chunks with nothing to summarize or find ---------------------------------------------
-    def _mend(self, text: str, spans: list[tuple[int, int]], *, markdown: bool) -> list[tuple[int, int]]:
+    def _mend(
+        self, text: str, spans: list[tuple[int, int]], openers: set[int], *, markdown: bool
+    ) -> list[tuple[int, int]]:
         """Join each stub (a chunk of only fence lines, headings or punctuation, such as the
         ```` ```python ```` the splitter leaves before a code block too long for one chunk) to its
         neighbour: a fence opener or heading to the chunk after it, anything else to the one before.
@@ -153,7 +165,6 @@ class Chunker:
         line break so that the stub and the neighbour's head make one chunk and the rest another.
         A stub that can be joined to nothing (a document of only a fence) stays as it is.
         """
-        openers = _fence_openers(text) | {at for at, _, _ in markdown_headings(text)} if markdown else set()
         out: list[tuple[int, int]] = []
         todo = list(reversed(spans))  # a stack: the next span is todo[-1]
         while todo:
@@ -237,24 +248,6 @@ class Chunker:
 
 _PUNCT_ONLY = re.compile(r"[\W_]*")
 _FENCE_LINE = re.compile(r"(`{3,}|~{3,})[ \t]*[\w+#.-]*")
-
-
-def _fence_openers(text: str) -> set[int]:
-    """Offsets of the lines that open a fenced code block."""
-    out: set[int] = set()
-    offset = 0
-    fence: str | None = None
-    for line in text.splitlines(keepends=True):
-        stripped = line.strip()
-        m = _FENCE.match(stripped)
-        if m:
-            if fence is None:
-                fence = m.group(1)[0] * 3
-                out.add(offset + len(line) - len(line.lstrip()))
-            elif stripped.startswith(fence):
-                fence = None
-        offset += len(line)
-    return out
 
 
 def _stub_kind(text: str, start: int, end: int, openers: set[int], *, markdown: bool) -> str | None:
