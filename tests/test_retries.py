@@ -8,11 +8,14 @@ from collections import Counter
 from pathlib import Path
 from typing import Any
 
+import httpx2
+import pytest
+
 from docingest.account import StatsCollector
 from docingest.execute import ClientSettings, Executor, build_async_client
 from docingest.models import Chunk
 from docingest.pipeline import IngestConfig, RunResult, ingest
-from docingest.plan import EmbeddingItem, content_key
+from docingest.plan import EmbeddingItem, SummaryRequest, content_key
 from docingest.report import build_report
 from docingest.simulate import DEFAULT_CONTEXT_WINDOWS, SimOptions
 from docingest.testing.openai_server import OpenAIServer, parse_fault
@@ -162,3 +165,61 @@ def test_a_batch_with_one_bad_input_is_split_until_only_that_input_fails(tmp_pat
     statuses = [r.status for r in server.requests]
     assert statuses.count(400) == 4  # [0-7], [4-7], [4, 5], [5]: never retried
     assert statuses.count(200) == 3  # [0-3], [6, 7], [4]
+
+
+class _Answers(httpx2.AsyncBaseTransport):
+    """Answers every chat request with one fixed JSON body (status 200)."""
+
+    def __init__(self, body: object) -> None:
+        self.body = body
+        self.requests: list[dict[str, Any]] = []
+
+    async def handle_async_request(self, request: httpx2.Request) -> httpx2.Response:
+        self.requests.append(json.loads(await request.aread()))
+        return httpx2.Response(200, json=self.body)
+
+
+def _summarize(body: object) -> tuple[str | None, str | None, list[dict[str, Any]]]:
+    chunk = Chunk(path="a.md", index=0, text="hello", tokens=1, sha256="0" * 64)
+    messages = [{"role": "user", "content": "hello"}]
+    request = SummaryRequest(chunk, messages, 8, 16, content_key("m", messages))
+    transport = _Answers(body)
+    settings = ClientSettings(base_url="http://127.0.0.1:9/v1", api_key="sk-test", max_retries=0)
+
+    async def go() -> tuple[str | None, str | None]:
+        client = build_async_client(settings, StatsCollector(), transport=transport)
+        try:
+            outcome = await Executor(client, settings).summarize(request)
+        finally:
+            await client.close()
+        return outcome.value, outcome.error
+
+    value, error = asyncio.run(go())
+    return value, error, transport.requests
+
+
+def test_a_chat_answer_is_read_from_its_first_choice_and_the_request_carries_the_plan():
+    answer = {
+        "object": "chat.completion",
+        "choices": [{"index": 0, "message": {"role": "assistant", "content": "S"}}],
+    }
+    value, error, sent = _summarize(answer)
+    assert (value, error) == ("S", None)
+    assert sent == [
+        {"model": "gpt-4o-mini", "messages": [{"role": "user", "content": "hello"}], "max_tokens": 16}
+    ]
+
+
+@pytest.mark.parametrize(
+    ("body", "why"),
+    [
+        ({"object": "chat.completion", "choices": []}, "no choices[0].message"),
+        ({"object": "chat.completion"}, "no choices[0].message"),
+        ([1, 2], "no choices[0].message"),
+        ({"choices": [{"message": {"content": 3}}]}, "content is int"),
+    ],
+)
+def test_a_chat_answer_without_text_fails_its_chunk_with_the_reason(body, why):
+    value, error, _ = _summarize(body)
+    assert value is None
+    assert error is not None and "malformed chat completion" in error and why in error

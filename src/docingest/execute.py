@@ -21,6 +21,7 @@ from typing import Any
 import httpx2
 import numpy as np
 import openai
+from openai import RequestOptions
 
 from docingest.account import CallInfo, ChunkShare, StatsCollector, current_call
 from docingest.budget import TokenBudget
@@ -161,12 +162,17 @@ class Executor:
         async with self._slots:
             token = current_call.set(info)
             try:
-                response = await self.client.chat.completions.create(
-                    model=self.settings.chat_model,
-                    messages=request.messages,  # type: ignore[arg-type]
-                    max_tokens=request.max_tokens,
+                response = await self.client.post(
+                    "/chat/completions",
+                    body={
+                        "model": self.settings.chat_model,
+                        "messages": request.messages,
+                        "max_tokens": request.max_tokens,
+                    },
+                    options=_BEARER,
+                    cast_to=httpx2.Response,
                 )
-                text = response.choices[0].message.content or ""
+                text = _completion_text(response.json())
             except BudgetExceeded as exc:
                 return Outcome(None, str(exc), records, refused=True)
             except openai.APIError as exc:
@@ -223,6 +229,25 @@ class Executor:
 
     async def aclose(self) -> None:
         await self.client.close()
+
+
+# The SDK's ``chat.completions.create`` only adds, per call, a walk of every parameter through
+# its type-driven transform and a pydantic model of the answer: about 0.5 ms of the 0.8 ms the
+# SDK costs per call, more than the dry run's tokenization of the same request. The body here is
+# already plain JSON, so the request goes through the SDK's documented generic ``post`` with the
+# same path, headers, auth, timeouts, retries and typed errors, and the answer is read as JSON.
+_BEARER: RequestOptions = {"security": {"bearer_auth": True}}
+
+
+def _completion_text(body: Any) -> str:
+    """The text of a chat completion's first choice; ``ValueError`` when the answer has none."""
+    try:
+        content = body["choices"][0]["message"]["content"]
+    except (KeyError, IndexError, TypeError):
+        raise ValueError("malformed chat completion: no choices[0].message") from None
+    if content is not None and not isinstance(content, str):
+        raise ValueError(f"malformed chat completion: content is {type(content).__name__}")
+    return content or ""
 
 
 def _vectors(response: Any, count: int) -> list[tuple[Vector | None, str | None]]:
