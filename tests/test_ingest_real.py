@@ -61,8 +61,19 @@ def test_sample_docs_real_run_matches_server_usage(tmp_path):
             (dupes,) = db.execute(
                 "SELECT count(*) FROM (SELECT path, idx FROM chunks GROUP BY 1, 2 HAVING count(*) > 1)"
             ).fetchone()
+            stored = {
+                path: (source, document)
+                for path, source, document in db.execute(
+                    "SELECT path, source_tokens, document_tokens FROM documents"
+                )
+            }
         assert rows == (agg["chunks"], agg["chunks"], agg["chunks"])
         assert dupes == 0
+        # each document's token counts, counted beside its API calls, reach its row
+        assert stored == {
+            path: (f["source_tokens"], f["document_tokens"]) for path, f in report["files"].items()
+        }
+        assert all(source >= document > 0 for source, document in stored.values())
 
         hits = search(
             "Configuration precedence environment variables",

@@ -61,6 +61,10 @@ class _CountingCounter(tokens.TokenCounter):
         self.encoded.append(len(text))
         return super().encode(text)
 
+    def length(self, text):
+        self.encoded.append(len(text))
+        return super().length(text)
+
 
 def test_document_context_encodes_the_document_once_however_many_chunks():
     from docingest.models import Chunk, Document

@@ -17,6 +17,9 @@ LONG_TEXTS = [
     "Docingest turns a repository's documentation into a knowledge base. " * 20,
     "Résumé naïve café: 日本語のテキストも数えます。 Ünïcödé everywhere, emoji 🚀🚀 and more. " * 15,
     "def f(x):\n    return {'a': [1, 2, 3], 'b': x ** 2}  # code-ish text\n" * 20,
+    # long tokens: the first characters hold fewer tokens than the summary needs
+    "x" * 4000,
+    base64.b64encode(bytes(range(256)) * 12).decode() + " tail",
 ]
 
 

@@ -50,3 +50,24 @@ def test_count_many_matches_count(texts):
     counter = tokens.TokenCounter("o200k_base", cache_size=4)
     batch = counter.count_many(texts)
     assert batch == [len(counter.encode(t)) for t in texts]
+
+
+@pytest.mark.parametrize("encoding", ["o200k_base", "cl100k_base"])
+@pytest.mark.parametrize(
+    "text",
+    [
+        "special-token text is ordinary text: <|endoftext|> <|fim_prefix|> <|im_start|>",
+        "a lone surrogate \ud800 and a pair \ud83d\ude00 in one string",
+        "NUL \x00 and emoji 🙂 and CJK 日本語",
+        "iVBORw0KGgoAAAANSUhEUgAA" * 5000,  # base64, long enough to go to the worker threads
+    ],
+)
+def test_counts_equal_the_length_of_encode_ordinary(encoding, text):
+    counter = tokens.TokenCounter(encoding)
+    expected = len(tokens.get_encoding(encoding).encode_ordinary(text))
+    assert counter.count(text) == expected
+    assert tokens.TokenCounter(encoding).count_many([text, text[:100], ""]) == [
+        expected,
+        len(tokens.get_encoding(encoding).encode_ordinary(text[:100])),
+        0,
+    ]

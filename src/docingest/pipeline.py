@@ -43,6 +43,9 @@ from docingest.transport import Counters
 __all__ = ["IngestConfig", "Progress", "RunResult", "aforecast", "aingest", "ingest"]
 
 AVOIDED_REASONS = frozenset({"lockfile", "minified", "generated"})
+# Characters of files whose tokens are still being counted while the run goes on; past this the
+# run waits for the counting, so memory stays bounded when counting is the slowest stage.
+COUNTING_BACKLOG_CHARS = 32 * 1024 * 1024
 
 
 def chunk_preview(text: str, chars: int = 100) -> str:
@@ -139,6 +142,7 @@ class _Run:
         self._tasks: set[asyncio.Task[None]] = set()
         self._pending_embeddings: list[EmbeddingItem] = []
         self._max_in_flight = max(config.concurrency, 1) * 4
+        self._counting_chars = 0  # characters in files whose accounting has not finished
         # requests in flight by content key, with the chunks waiting for the same result
         self._summary_waiters: dict[str, list[SummaryRequest]] = {}
         self._embedding_waiters: dict[str, list[EmbeddingItem]] = {}
@@ -181,12 +185,19 @@ class _Run:
             return None
 
     async def _account_file(
-        self, file: SourceFile, doc: Document, chunks: list[Chunk], *, unchanged: bool = False
-    ) -> tuple[int, int]:
-        count = self.chat_counter.count
-        # One batch, counted in worker threads while the event loop goes on with the API calls.
+        self, file: SourceFile, doc: Document, chunks: list[Chunk], *, unchanged: bool
+    ) -> None:
+        """The file's record: its tokens at each level, also written to its knowledge-base row.
+        A task beside the file's API calls: the texts (a notebook's source can be many times its
+        document) are counted in worker threads while the event loop goes on."""
         texts = [doc.source_text, doc.text, *(part.text for part in doc.dropped)]
-        source_tokens, document_tokens, *part_tokens = await self.chat_counter.acount_many(texts)
+        size = sum(map(len, texts))
+        self._counting_chars += size
+        try:
+            source_tokens, document_tokens, *part_tokens = await self.chat_counter.acount_many(texts)
+        finally:
+            self._counting_chars -= size
+        count = self.chat_counter.count
         dropped: Counter[str] = Counter()
         for part, n in zip(doc.dropped, part_tokens, strict=True):
             dropped[part.category] += n
@@ -217,9 +228,8 @@ class _Run:
             record["payload_tokens"] = dict(payload)
             record["smart_document_tokens"] = count(smart.text)
         self.stats.record(record)
-        for c in chunks:
-            self.stats.record_chunk(c.path, c.index, c.tokens, c.sha256, preview=chunk_preview(c.text))
-        return source_tokens, document_tokens
+        if self.kb is not None and self.writable:
+            self.kb.set_document_tokens(doc.path, source_tokens, document_tokens)
 
     async def _spawn(self, work: Awaitable[None]) -> None:
         while len(self._tasks) >= self._max_in_flight:
@@ -443,9 +453,16 @@ class _Run:
                 continue
             doc, chunks = plan.doc, plan.chunks
             seen.append(doc.path)
-            source_tokens, document_tokens = await self._account_file(
-                file, doc, chunks, unchanged=plan.unchanged
-            )
+            for c in chunks:
+                self.stats.record_chunk(c.path, c.index, c.tokens, c.sha256, preview=chunk_preview(c.text))
+            if not plan.unchanged and self.kb is not None and self.writable:
+                # its token counts follow when the file's accounting is done
+                self.kb.put_document(
+                    doc, chunks=chunks, source_tokens=None, document_tokens=None, run_id=self.stats.run_id
+                )
+            while self._counting_chars > COUNTING_BACKLOG_CHARS and self._tasks:
+                await asyncio.wait(self._tasks, return_when=asyncio.FIRST_COMPLETED)
+            await self._spawn(self._account_file(file, doc, chunks, unchanged=plan.unchanged))
             self.progress.chunks += len(chunks)
             if plan.unchanged:
                 for request in plan.requests:
@@ -453,14 +470,6 @@ class _Run:
                 for item in plan.items:
                     self._cache_hit(item.chunk, "create_embedding", item.tokens, "knowledge_base")
             else:
-                if self.kb is not None and self.writable:
-                    self.kb.put_document(
-                        doc,
-                        chunks=chunks,
-                        source_tokens=source_tokens,
-                        document_tokens=document_tokens,
-                        run_id=self.stats.run_id,
-                    )
                 for request in plan.requests:
                     if self.stopped:
                         break

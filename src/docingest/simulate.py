@@ -341,11 +341,15 @@ def _cut(counter: TokenCounter, text: str, limit: int) -> tuple[str, bool]:
     A prefix of a token sequence does not always re-encode to the same number of tokens (a cut
     inside a word or a multi-byte character), so nearby cut points are tried.
     """
-    head = text[: limit * 16 + 256]  # enough characters for ``limit`` tokens, almost always
-    tokens = counter.encode(head)
-    whole = len(head) == len(text)
-    if not whole and len(tokens) <= limit + 8:  # rare: very long tokens; encode it all
-        tokens, whole = counter.encode(text), True
+    # Encode only a head of the text: ~6 characters per token covers prose and code; longer
+    # tokens (base64, long words) need more, and a text with fewer than ``limit`` tokens in its
+    # first ``16 * limit`` characters is encoded whole.
+    for size in (limit * 6 + 64, limit * 16 + 256, len(text)):
+        head = text[:size]
+        tokens = counter.encode(head)
+        whole = len(head) == len(text)
+        if whole or len(tokens) > limit + 8:
+            break
     if whole and len(tokens) <= limit:
         return text, False
     best = counter.decode(tokens[:limit])

@@ -325,6 +325,14 @@ class KnowledgeBase:
             if cursor.rowcount == 0:
                 raise KeyError(f"no chunk {idx} of {path!r} in the knowledge base")
 
+    def set_document_tokens(self, path: str, source_tokens: int, document_tokens: int) -> None:
+        """Record a stored document's source and document tokens (counted after it was stored)."""
+        with self.transaction():
+            self._conn.execute(
+                "UPDATE documents SET source_tokens = ?, document_tokens = ? WHERE path = ?",
+                (source_tokens, document_tokens, path),
+            )
+
     def remove_documents_except(self, paths: Collection[str]) -> list[str]:
         """Delete every document (and its chunks) whose path is not in ``paths``; return them sorted."""
         keep = set(paths)

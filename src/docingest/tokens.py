@@ -52,6 +52,7 @@ _MODEL_ENCODINGS = {
 }
 
 _lock = threading.Lock()
+_NONE: frozenset[str] = frozenset()
 _encodings: dict[str, tiktoken.Encoding] = {}
 _pool: ThreadPoolExecutor | None = None
 
@@ -180,7 +181,7 @@ class TokenCounter:
             hit = self._cached(text)
             if hit is not None:
                 return hit
-        n = len(self.encode(text))
+        n = self.length(text)
         self._remember(text, n)
         return n
 
@@ -199,9 +200,9 @@ class TokenCounter:
             keys = list(missing)
             if len(keys) > 1 and sum(map(len, keys)) >= PARALLEL_MIN_CHARS:
                 keys.sort(key=len, reverse=True)
-                lengths = list(_threads().map(self._length, keys))
+                lengths = list(_threads().map(self.length, keys))
             else:
-                lengths = [len(self.encode(k)) for k in keys]
+                lengths = [self.length(k) for k in keys]
             for key, n in zip(keys, lengths, strict=True):
                 missing[key] = n
                 self._remember(key, n)
@@ -212,8 +213,14 @@ class TokenCounter:
         while the texts are encoded, which tiktoken does without holding the GIL."""
         return await asyncio.get_running_loop().run_in_executor(None, self.count_many, texts)
 
-    def _length(self, text: str) -> int:
-        return len(self.encode(text))
+    def length(self, text: str) -> int:
+        """The number of tokens of ``text`` (not cached: :meth:`count` is)."""
+        # The same tokens as encode_ordinary (no special token is allowed, none refused), into one
+        # buffer instead of a Python int per token: faster, and more of it outside the GIL.
+        try:
+            return len(self._enc.encode_to_numpy(text, allowed_special=_NONE, disallowed_special=_NONE))
+        except UnicodeEncodeError:  # lone surrogates: encode_ordinary replaces them, as the API does
+            return len(self.encode(text))
 
     def _cached(self, text: str) -> int | None:
         """The remembered count of ``text`` (the caller holds the lock)."""
