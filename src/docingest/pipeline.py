@@ -7,8 +7,9 @@ to the knowledge base.
 from __future__ import annotations
 
 import asyncio
-from collections import Counter
-from collections.abc import Awaitable, Callable, Iterator
+from collections import Counter, deque
+from collections.abc import AsyncGenerator, Awaitable, Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -46,6 +47,9 @@ AVOIDED_REASONS = frozenset({"lockfile", "minified", "generated"})
 # Characters of files whose tokens are still being counted while the run goes on; past this the
 # run waits for the counting, so memory stays bounded when counting is the slowest stage.
 COUNTING_BACKLOG_CHARS = 32 * 1024 * 1024
+# Files loaded, chunked and planned in a worker thread ahead of the one whose requests are being
+# sent: the splitter and tiktoken run outside the GIL while the event loop drives the SDK.
+PLAN_AHEAD = 2
 
 
 def chunk_preview(text: str, chars: int = 100) -> str:
@@ -143,6 +147,7 @@ class _Run:
         self._pending_embeddings: list[EmbeddingItem] = []
         self._max_in_flight = max(config.concurrency, 1) * 4
         self._counting_chars = 0  # characters in files whose accounting has not finished
+        self._planning = ThreadPoolExecutor(1, thread_name_prefix="docingest-plan")
         # requests in flight by content key, with the chunks waiting for the same result
         self._summary_waiters: dict[str, list[SummaryRequest]] = {}
         self._embedding_waiters: dict[str, list[EmbeddingItem]] = {}
@@ -184,12 +189,11 @@ class _Run:
             self.stats.record_skip(file.path, "unreadable", exc.strerror or str(exc), file.size)
             return None
 
-    async def _account_file(
-        self, file: SourceFile, doc: Document, chunks: list[Chunk], *, unchanged: bool
-    ) -> None:
+    async def _account_file(self, plan: _FilePlan) -> None:
         """The file's record: its tokens at each level, also written to its knowledge-base row.
         A task beside the file's API calls: the texts (a notebook's source can be many times its
         document) are counted in worker threads while the event loop goes on."""
+        file, doc = plan.file, plan.doc
         texts = [doc.source_text, doc.text, *(part.text for part in doc.dropped)]
         size = sum(map(len, texts))
         self._counting_chars += size
@@ -197,7 +201,6 @@ class _Run:
             source_tokens, document_tokens, *part_tokens = await self.chat_counter.acount_many(texts)
         finally:
             self._counting_chars -= size
-        count = self.chat_counter.count
         dropped: Counter[str] = Counter()
         for part, n in zip(doc.dropped, part_tokens, strict=True):
             dropped[part.category] += n
@@ -212,21 +215,12 @@ class _Run:
             "dropped_tokens": dict(dropped),
             "notes": list(doc.notes),
             # The summaries' prompt tokens under each --context mode (the run's own is one of them).
-            "chat_plan_tokens": {
-                mode: planner.prompt_tokens(doc, chunks) for mode, planner in self.alt_planners.items()
-            },
+            "chat_plan_tokens": plan.plan_tokens,
             "metadata": doc.metadata,
             # stored as it is, every chunk summarized and embedded by the same requests: nothing sent
-            "unchanged": unchanged,
+            "unchanged": plan.unchanged,
+            **plan.extra,
         }
-        if self.config.loader == "raw" and file.kind in ("markdown", "notebook"):
-            # What the smart loader would have kept out: the non-text payload this run sends.
-            smart = load(file, mode="smart")
-            payload: Counter[str] = Counter()
-            for part in smart.dropped:
-                payload[part.category] += count(part.text)
-            record["payload_tokens"] = dict(payload)
-            record["smart_document_tokens"] = count(smart.text)
         self.stats.record(record)
         if self.kb is not None and self.writable:
             self.kb.set_document_tokens(doc.path, source_tokens, document_tokens)
@@ -255,11 +249,10 @@ class _Run:
             yield
 
     # -- cache -----------------------------------------------------------------------------------
-    def _unchanged(
-        self, doc: Document, chunks: list[Chunk], requests: list[SummaryRequest], items: list[EmbeddingItem]
-    ) -> bool:
+    def _unchanged(self, plan: _FilePlan) -> bool:
         """The knowledge base holds this document as it is now, every chunk summarized and embedded
         by the same requests: nothing to send, nothing to write."""
+        doc, chunks, requests, items = plan.doc, plan.chunks, plan.requests, plan.items
         if self.kb is None or self.kb.document_sha(doc.path) != doc.sha256:
             return False
         stored = self.kb.get_chunks(doc.path)
@@ -431,26 +424,64 @@ class _Run:
             await self._spawn(self._embed(batch))
 
     # -- the run -----------------------------------------------------------------------------------
-    def _plan(self, file: SourceFile) -> _FilePlan | None:
+    def _prepare(self, file: SourceFile) -> _FilePlan | None:
+        """Load, chunk and plan one file; no knowledge-base access, so it can run in a worker thread."""
         doc = self._load(file)
         if doc is None:
             return None
         chunks = self.chunker.chunk(doc)
-        requests = self.planner.summaries(doc, chunks)
-        items = self.planner.embeddings(chunks)
-        return _FilePlan(doc, chunks, requests, items, self._unchanged(doc, chunks, requests, items))
+        plan = _FilePlan(
+            file,
+            doc,
+            chunks,
+            self.planner.summaries(doc, chunks),
+            self.planner.embeddings(chunks),
+            {mode: planner.prompt_tokens(doc, chunks) for mode, planner in self.alt_planners.items()},
+        )
+        if self.config.loader == "raw" and file.kind in ("markdown", "notebook"):
+            # What the smart loader would have kept out: the non-text payload this run sends.
+            smart = load(file, mode="smart")
+            payload: Counter[str] = Counter()
+            for part in smart.dropped:
+                payload[part.category] += self.chat_counter.count(part.text)
+            plan.extra["payload_tokens"] = dict(payload)
+            plan.extra["smart_document_tokens"] = self.chat_counter.count(smart.text)
+        return plan
+
+    def _plan(self, file: SourceFile) -> _FilePlan | None:
+        plan = self._prepare(file)
+        if plan is not None:
+            plan.unchanged = self._unchanged(plan)
+        return plan
+
+    async def _plans(self, files: list[SourceFile]) -> AsyncGenerator[_FilePlan, None]:
+        """:meth:`_plan` of each file, prepared up to ``PLAN_AHEAD`` files ahead in a worker thread."""
+        loop = asyncio.get_running_loop()
+        ahead: deque[asyncio.Future[_FilePlan | None]] = deque()
+        todo = iter(files)
+        try:
+            while True:
+                while len(ahead) < PLAN_AHEAD and (file := next(todo, None)) is not None:
+                    ahead.append(loop.run_in_executor(self._planning, self._prepare, file))
+                if not ahead:
+                    return
+                plan = await ahead.popleft()
+                if plan is not None:
+                    plan.unchanged = self._unchanged(plan)
+                    yield plan
+        finally:
+            for future in ahead:
+                future.cancel()
 
     async def run(self) -> None:
         files = self._discover()
         self.progress.files_total = len(files)
         self._notify()
         seen: list[str] = []
-        for file in files:
+        plans = self._plans(files)
+        async for plan in plans:
             if self.stopped:
                 break
-            plan = self._plan(file)
-            if plan is None:
-                continue
             doc, chunks = plan.doc, plan.chunks
             seen.append(doc.path)
             for c in chunks:
@@ -462,7 +493,7 @@ class _Run:
                 )
             while self._counting_chars > COUNTING_BACKLOG_CHARS and self._tasks:
                 await asyncio.wait(self._tasks, return_when=asyncio.FIRST_COMPLETED)
-            await self._spawn(self._account_file(file, doc, chunks, unchanged=plan.unchanged))
+            await self._spawn(self._account_file(plan))
             self.progress.chunks += len(chunks)
             if plan.unchanged:
                 for request in plan.requests:
@@ -477,6 +508,7 @@ class _Run:
                 await self._queue_embeddings(plan.items)
             self.progress.files_done += 1
             self._notify()
+        await plans.aclose()
         await self._queue_embeddings([], flush=True)
         while self._tasks:
             await asyncio.wait(self._tasks)
@@ -515,6 +547,7 @@ class _Run:
     async def aclose(self) -> None:
         for task in list(self._tasks):
             task.cancel()
+        self._planning.shutdown(wait=False, cancel_futures=True)
         await self.executor.aclose()
         if self.kb is not None:
             self.kb.close()
@@ -522,11 +555,14 @@ class _Run:
 
 @dataclass(slots=True)
 class _FilePlan:
+    file: SourceFile
     doc: Document
     chunks: list[Chunk]
     requests: list[SummaryRequest]
     items: list[EmbeddingItem]
-    unchanged: bool
+    plan_tokens: dict[str, int]  # the summaries' prompt tokens under each --context mode
+    extra: dict[str, Any] = field(default_factory=dict)  # more figures for the file's record
+    unchanged: bool = False  # the knowledge base holds it as it is: nothing to send
 
 
 def _budget_reason(refusal: str | None) -> str:
