@@ -229,19 +229,34 @@ def test_connection_errors_say_unreachable_not_none(tmp_path: Path) -> None:
     for i in range(3):
         for attempt in range(3):
             seq += 1
-            records.append(
-                _call(seq, i, attempt, None, error_details="APIConnectionError: Connection error.")
-            )
+            error = "ConnectError: [Errno 111] Connection refused (nothing was sent: ...)"
+            unsent = {"prompt_tokens": 0, "chunks": [["a.md", i, 0]], "sent": False, "tokens_not_sent": 100}
+            records.append(_call(seq, i, attempt, None, error_details=error, **unsent))
     report = load_run(_ledger(tmp_path, records))
     validate_report(report)
     retried = finding(report, "retried_calls")
-    assert retried["evidence"]["failed_by_status"] == {"no response": 6}
-    assert "no response: 6" in retried["summary"]
+    assert retried["evidence"]["failed_by_status"] == {"not sent": 6}
+    assert "not sent: 6" in retried["summary"] and "6 of them sent nothing" in retried["summary"]
     assert "unreachable" in retried["fix"] and "--base-url" in retried["fix"]
     failed = finding(report, "failed_calls")
-    assert failed["fix"].startswith("no response (connection errors)")
+    assert failed["fix"].startswith("not sent (connection refused, DNS failure or connect timeout)")
+    assert "after sending 0 tokens (3 ConnectError; 3 of them sent nothing" in failed["summary"]
     assert "context_length" not in failed["fix"]
+    assert report["aggregated"]["by_call_type"]["chat_summary"]["tokens_not_sent"] == 900
+    assert report["waterfall"]["check"]["exact"] and report["aggregated"]["total_tokens_sent_to_apis"] == 0
     no_python_none(report)
+
+
+def test_connection_errors_after_sending_may_have_been_billed(tmp_path: Path) -> None:
+    records: list[dict[str, Any]] = [_start(concurrency=16)]
+    records += [{"type": "chunk", "path": "a.md", "index": i, "raw_chunk_tokens": 80} for i in range(2)]
+    for seq, i in ((1, 0), (2, 1)):
+        records.append(_call(seq, i, 0, None, error_details="APIConnectionError: Connection error."))
+    report = load_run(_ledger(tmp_path, records))
+    failed = finding(report, "failed_calls")
+    assert failed["fix"].startswith("no response (connection errors once the request was on its way")
+    assert "billed" in failed["fix"] and "sent nothing" not in failed["summary"]
+    assert report["aggregated"]["total_tokens_sent_to_apis"] == 200
 
 
 def test_failed_calls_lead_with_the_fix_for_the_most_common_error(tmp_path: Path) -> None:

@@ -144,6 +144,9 @@ class _TypeStats:
     rate_limit_wait_s: float = 0.0
     tokens_sent: int = 0
     failed_tokens_sent: int = 0
+    #: attempts that failed before the request left (connection refused...): nothing sent
+    calls_not_sent: int = 0
+    tokens_not_sent: int = 0
     billed_prompt_tokens: int | None = None
     billed_completion_tokens: int | None = None
     billed_cached_tokens: int | None = None
@@ -163,6 +166,8 @@ class _TypeStats:
             "rate_limit_wait_s": round(self.rate_limit_wait_s, 6),
             "tokens_sent": self.tokens_sent,
             "failed_tokens_sent": self.failed_tokens_sent,
+            "calls_not_sent": self.calls_not_sent,
+            "tokens_not_sent": self.tokens_not_sent,
             "billed_prompt_tokens": self.billed_prompt_tokens,
             "billed_completion_tokens": self.billed_completion_tokens,
             "billed_cached_tokens": self.billed_cached_tokens,
@@ -436,6 +441,9 @@ class StatsCollector:
             ts.models[str(r["model"])] += 1
         if not ok:
             ts.failed_tokens_sent += tokens
+        if r.get("sent") is False:  # its prompt_tokens (0) and chunk shares (0) say so already
+            ts.calls_not_sent += 1
+            ts.tokens_not_sent += int(r.get("tokens_not_sent") or 0)
         ts.billed_prompt_tokens = _add_optional(ts.billed_prompt_tokens, billed.get("prompt_tokens"))
         ts.billed_completion_tokens = _add_optional(
             ts.billed_completion_tokens, billed.get("completion_tokens")
@@ -478,6 +486,8 @@ class StatsCollector:
                 detail["latency_s"] = r["latency_s"]
             if r.get("error_details"):
                 detail["error_details"] = r["error_details"]
+            if r.get("sent") is False:
+                detail["sent"] = False
             cs.calls.append(detail)
         rest = tokens - attributed
         if rest or not r.get("chunks"):

@@ -7,6 +7,8 @@ The ledger is the source of truth of a run. Record types:
 - ``chunk``      one chunk: ``raw_chunk_tokens`` and content hash
 - ``skip``       a file passed over, with its reason
 - ``call``       one HTTP attempt: type, model, status, computed and billed tokens, chunk shares
+                 (an attempt that failed before the request left, e.g. connection refused, has
+                 ``sent: false``, 0 prompt tokens and chunk shares, and ``tokens_not_sent``)
 - ``unsent``     a request the planner refused to send (over an API limit), with its reason
 - ``cache_hit``  work found already done (same model, prompt and input) and not sent again
 - ``run_end``    end time, wall time, status

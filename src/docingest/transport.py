@@ -2,9 +2,11 @@
 
 ``RecordingTransport`` / ``AsyncRecordingTransport`` wrap any inner transport and write one
 ledger record per HTTP attempt (retries made by the SDK pass through here one by one), with the
-prompt tokens counted *before* the request leaves. ``DryRunTransport`` answers in place of the
-network with what the API would answer (``docingest.simulate``), errors included, so a dry run
-runs every line of the SDK's request building and response parsing.
+prompt tokens counted *before* the request leaves; an attempt that never left (connection
+refused, DNS failure, connect timeout) is recorded with ``sent: false`` and no token sent.
+``DryRunTransport`` answers in place of the network with what the API would answer
+(``docingest.simulate``), errors included, so a dry run runs every line of the SDK's request
+building and response parsing.
 """
 
 from __future__ import annotations
@@ -46,6 +48,46 @@ _SKIP_FRAMES = (
     os.sep + "pydantic" + os.sep,
     "<frozen ",
 )
+
+
+#: Transport errors raised before the request was written to the connection (connection
+#: refused, DNS failure, connect timeout, no free connection in the pool, a proxy that refused the
+#: tunnel): the API received nothing. httpx, httpx2 and their httpcore name them alike.
+_BEFORE_SENDING = frozenset(
+    {"ConnectError", "ConnectTimeout", "PoolTimeout", "ProxyError", "UnsupportedProtocol"}
+)
+_HTTP_PACKAGES = frozenset({"httpx", "httpx2", "httpcore", "httpcore2"})
+NOT_SENT_NOTE = "nothing was sent: the connection failed before the request left this machine"
+MAYBE_BILLED_NOTE = "counted as sent: the API may have received the request, and billed it"
+
+
+def failed_before_sending(exc: BaseException) -> bool:
+    """Whether ``exc`` (raised by an HTTP transport) means the request never left the machine.
+
+    A read timeout or a connection dropped after the request was written (``ReadTimeout``,
+    ``RemoteProtocolError``, ``ReadError``, ``WriteError``...) does not: the API may have
+    received the request, and bill it."""
+    return any(
+        cls.__name__ in _BEFORE_SENDING and cls.__module__.split(".", 1)[0] in _HTTP_PACKAGES
+        for cls in type(exc).__mro__
+    )
+
+
+def _os_reason(exc: BaseException) -> str | None:
+    """The operating system's reason under an HTTP library's error, e.g. ``[Errno 111] Connection
+    refused`` under anyio's ``All connection attempts failed``."""
+    found: OSError | None = None
+    seen: set[int] = set()
+    cause: BaseException | None = exc
+    while cause is not None and id(cause) not in seen:
+        seen.add(id(cause))
+        if isinstance(cause, OSError) and cause.errno is not None:
+            found = cause
+        cause = cause.__cause__ or cause.__context__
+    if found is None or found.errno is None:
+        return None
+    reason = os.strerror(found.errno) if found.errno > 0 else found.strerror
+    return f"[Errno {found.errno}] {reason}"
 
 
 def call_type_for(path: str) -> str:
@@ -241,8 +283,18 @@ class _Recorder:
         return 0
 
     def failed(self, pending: _Pending, exc: BaseException) -> None:
-        """Record an attempt that got no HTTP answer (refused, dropped, timed out)."""
-        self.after(pending, status_code=None, body=None, error=f"{type(exc).__name__}: {exc}")
+        """Record an attempt that got no HTTP answer (refused, dropped, timed out).
+
+        One that failed before the request left (see ``failed_before_sending``) sent no token:
+        its record says ``sent: false``, with 0 prompt tokens and the request's count in
+        ``tokens_not_sent``. One that failed later counts its tokens as sent, and says why."""
+        sent = not failed_before_sending(exc)
+        text, reason = str(exc), _os_reason(exc)
+        if reason and reason not in text:
+            text = f"{text}: {reason}" if text else reason
+        note = MAYBE_BILLED_NOTE if sent else NOT_SENT_NOTE
+        error = f"{type(exc).__name__}: {text} ({note})"
+        self.after(pending, status_code=None, body=None, error=error, sent=sent)
 
     def answered(self, pending: _Pending, response: Any, body: bytes) -> None:
         """Record an attempt that got an HTTP answer (whatever its status)."""
@@ -256,6 +308,7 @@ class _Recorder:
         body: bytes | None,
         error: str | None,
         headers: Mapping[str, str] | None = None,
+        sent: bool = True,
     ) -> None:
         end = self.clock()
         latency = end - pending.t0
@@ -292,12 +345,15 @@ class _Recorder:
             "attempt": pending.attempt,
             "status": "Success" if ok else "Fail",
             "http_status": status_code,
-            "prompt_tokens": pending.prompt_tokens,
-            "chunks": [[c.path, c.index, c.tokens] for c in pending.chunks],
+            "prompt_tokens": pending.prompt_tokens if sent else 0,
+            "chunks": [[c.path, c.index, c.tokens if sent else 0] for c in pending.chunks],
             "t_s": round(pending.t0 - self.stats._t0, 6),
             "latency_s": round(latency, 6),
             "billed": billed,
         }
+        if not sent:
+            record["sent"] = False
+            record["tokens_not_sent"] = pending.prompt_tokens
         if pending.max_tokens is not None:
             record["max_tokens"] = pending.max_tokens
         if pending.inputs is not None:

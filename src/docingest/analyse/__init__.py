@@ -82,8 +82,10 @@ def load_run(path: Path, *, prices: PriceTable | None = None) -> dict[str, Any]:
 
 
 def amplification_text(agg: dict[str, Any]) -> str:
-    """``2.31x``; ``n/a (nothing sent)`` for a run that sent no token; ``unknown`` without chunks."""
-    if not agg.get("total_tokens_sent_to_apis") and not agg.get("total_api_calls_initiated"):
+    """``2.31x``; ``n/a (nothing sent)`` for a run that sent no token (no call, or only calls whose
+    connection failed before the request left); ``unknown`` without chunks."""
+    not_sent = sum(int(fig.get("calls_not_sent") or 0) for fig in (agg.get("by_call_type") or {}).values())
+    if not agg.get("total_tokens_sent_to_apis") and (agg.get("total_api_calls_initiated") or 0) <= not_sent:
         return "n/a (nothing sent)"
     amp = agg.get("amplification")
     return f"{amp:.2f}x" if amp is not None else "unknown"

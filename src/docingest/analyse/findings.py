@@ -7,7 +7,8 @@ Codes are stable: ``context_document``, ``non_text_payload``, ``loader_dropped_p
 ``superlinear_scaling``, ``unbatched_embeddings``, ``sequential_calls``, ``rate_limited``.
 
 Fixes follow the actual cause: retries and failures by HTTP status (429, 5xx, timeouts, no
-response), unsent requests by their reason (budget, API limit, an identical request failed).
+response, not sent), unsent requests by their reason (budget, API limit, an identical request
+failed).
 Tokens sent again (``retried_calls``, ``calls_above_plan``, the waterfall's ``retries``) are the
 whole prompt of every attempt after the first, a batch with all its inputs.
 """
@@ -343,14 +344,19 @@ def _duplicates(report: dict[str, Any], flow: Flow, total: int) -> list[dict[str
 
 
 #: causes the SDK retries (up to --max-retries)
-_RETRYABLE = frozenset({"429", "5xx", "timeout", "no response"})
+_RETRYABLE = frozenset({"429", "5xx", "timeout", "no response", "not sent"})
 
 
-def _cause(status: Any, error: str | None) -> str:
-    """A failed attempt's cause: ``429``, ``5xx``, ``timeout``, ``no response`` (connection
-    error), ``context length``, ``401``/``403``/``404`` or ``HTTP <n>``."""
-    text = (error or "").lower()
+def _cause(c: dict[str, Any]) -> str:
+    """A failed attempt's cause: ``not sent`` (the connection failed before the request left:
+    refused, DNS failure, connect timeout), ``timeout``, ``no response`` (a connection error
+    after the request may have been received), ``429``, ``5xx``, ``context length``,
+    ``401``/``403``/``404`` or ``HTTP <n>``."""
+    status = c.get("http_status")
+    text = str(c.get("error_details") or "").lower()
     if status is None:
+        if c.get("sent") is False:
+            return "not sent"
         return "timeout" if "timeout" in text or "timed out" in text else "no response"
     code = int(status)
     if code == 429:
@@ -364,9 +370,9 @@ def _cause(status: Any, error: str | None) -> str:
     return f"HTTP {code}"
 
 
-def _status_label(status: Any, error: str | None) -> str:
+def _status_label(c: dict[str, Any]) -> str:
     """An attempt's HTTP status for people: the number, or what happened when there was none."""
-    return str(status) if status is not None else _cause(None, error)
+    return str(c["http_status"]) if c.get("http_status") is not None else _cause(c)
 
 
 def _advice(cause: str, config: dict[str, Any], *, final: bool) -> str:
@@ -388,10 +394,15 @@ def _advice(cause: str, config: dict[str, Any], *, final: bool) -> str:
             "server errors (5xx) at the provider: retrying them is right; nothing to change unless "
             "they persist"
         )
+    if cause == "not sent":
+        return (
+            "not sent (connection refused, DNS failure or connect timeout): the API was unreachable and "
+            "no token left this machine: check --base-url and the network or proxy"
+        )
     if cause == "no response":
         return (
-            "no response (connection errors): the API was unreachable: check --base-url and the "
-            "network or proxy"
+            "no response (connection errors once the request was on its way: the API may have received "
+            "it, and billed it): check --base-url and the network or proxy"
         )
     if cause == "timeout":
         return "timeouts: raise --timeout" + (f" (this run: {timeout:g} s)" if timeout is not None else "")
@@ -434,19 +445,21 @@ def _retries_and_failures(report: dict[str, Any], flow: Flow, total: int) -> lis
             for c in calls.values()
             if c["status"] != "Success" and c.get("attempt", 0) < last_attempt[_request_key(c)]
         ]
-        statuses = Counter(_status_label(c.get("http_status"), c.get("error_details")) for c in before_retry)
-        causes = Counter(_cause(c.get("http_status"), c.get("error_details")) for c in before_retry)
+        statuses = Counter(_status_label(c) for c in before_retry)
+        causes = Counter(_cause(c) for c in before_retry)
         worst = _worst_chunks(retried)
+        not_sent = sum(1 for c in retried if c.get("sent") is False)
         out.append(
             _finding(
                 "retried_calls",
                 severity(tokens, total),
                 tokens,
                 f"{len(retried):,} retried attempt(s) sent {tokens:,} tokens again (each retry's whole "
-                f"request, every input of a batch; failed attempts before a retry: "
-                f"{_counts(statuses) or 'none recorded'})",
+                f"request, every input of a batch{_not_sent_text(not_sent)}; failed attempts before a "
+                f"retry: {_counts(statuses) or 'none recorded'})",
                 _fix_for(causes, config, final=False) or "see error_details in the report",
                 attempts=len(retried),
+                attempts_not_sent=not_sent,
                 failed_by_status=dict(statuses.most_common()),
                 chunks=worst,
             )
@@ -467,29 +480,35 @@ def _retries_and_failures(report: dict[str, Any], flow: Flow, total: int) -> lis
         if c["status"] != "Success"
         and c.get("attempt", 0) >= last_attempt[_request_key(c)]
         and not (c["chunks"] and all((c["call_type"], p, i) in held for p, i in c["chunks"]))
-        and not (
-            cut_short
-            and c.get("attempt", 0) < retry_limit
-            and _cause(c.get("http_status"), c.get("error_details")) in _RETRYABLE
-        )
+        and not (cut_short and c.get("attempt", 0) < retry_limit and _cause(c) in _RETRYABLE)
     ]
     if final_fail:
         tokens = sum(c["prompt_tokens"] for c in final_fail)
         reasons = Counter(_error_label(c) for c in final_fail)
-        causes = Counter(_cause(c.get("http_status"), c.get("error_details")) for c in final_fail)
+        causes = Counter(_cause(c) for c in final_fail)
+        not_sent = sum(1 for c in final_fail if c.get("sent") is False)
         out.append(
             _finding(
                 "failed_calls",
                 severity(tokens, total),
                 tokens,
                 f"{len(final_fail):,} request(s) failed for good after sending {tokens:,} tokens "
-                f"({', '.join(f'{n} {r}' for r, n in reasons.most_common(3))})",
+                f"({', '.join(f'{n} {r}' for r, n in reasons.most_common(3))}"
+                f"{_not_sent_text(not_sent, ' on their last attempt')})",
                 _fix_for(causes, config, final=True),
+                attempts_not_sent=not_sent,
                 by_error=dict(reasons.most_common()),
                 chunks=_worst_chunks(final_fail),
             )
         )
     return out
+
+
+def _not_sent_text(n: int, when: str = "") -> str:
+    """``; 3 of them sent nothing: the connection failed...``, or nothing when ``n`` is 0."""
+    if not n:
+        return ""
+    return f"; {n:,} of them sent nothing{when}: the connection failed before the request left"
 
 
 def _error_label(c: dict[str, Any]) -> str:

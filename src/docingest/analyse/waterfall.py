@@ -90,8 +90,10 @@ def compute(report: dict[str, Any]) -> Flow:
             ff.duplicate_raw += raw
             ff.duplicate_sent += c["total_tokens_sent_to_apis"]
             continue
-        chat = [d["prompt_tokens"] for d in c["call_details"] if d["call_type"] == CHAT]
-        other = [d["prompt_tokens"] for d in c["call_details"] if d["call_type"] != CHAT]
+        # attempts that never left (connection refused...) sent nothing: not a first call, not a retry
+        sent = [d for d in c["call_details"] if d.get("sent", True)]
+        chat = [d["prompt_tokens"] for d in sent if d["call_type"] == CHAT]
+        other = [d["prompt_tokens"] for d in sent if d["call_type"] != CHAT]
         if chat:
             ff.chunks_called += 1
             t = template_tokens_per_call(files[path])
@@ -155,7 +157,7 @@ def compute(report: dict[str, Any]) -> Flow:
         ),
         (
             "not_sent_to_chat",
-            "chunk text not sent to the chat model (cached or not reached)",
+            "chunk text not sent to the chat model (cached, not reached, or the connection failed)",
             -total("not_sent"),
         ),
         ("prompt_template", "prompt template and message overhead", total("template")),
