@@ -199,6 +199,46 @@ def test_an_empty_source_is_reported_with_exit_2(tmp_path):
     assert "no documentation files found" in " ".join(out.getvalue().split())
 
 
+@pytest.mark.parametrize("flag", ["--include", "--exclude"])
+def test_a_glob_that_can_never_match_is_refused_before_any_work(tmp_path, capsys, flag):
+    console, _ = _console()
+    report = tmp_path / "r.json"
+    argv = ["ingest", str(SAMPLE), "--dry-run", "--report", str(report), flag, "*.md", flag, "["]
+    assert main(argv, console=console) == 2
+    err = capsys.readouterr().err
+    assert err == (
+        f"error: {flag} '[' has a '[' that no ']' closes, so gitignore syntax drops the whole pattern: "
+        "write \\[ for a '['\n"
+    )
+    assert not report.exists() and not (tmp_path / "r.ledger.jsonl").exists()
+
+
+def test_an_include_that_selects_no_file_says_so_with_its_patterns(tmp_path):
+    src = tmp_path / "src"
+    for rel in ("guide/intro.md", "package-lock.json", "data.json"):
+        (src / rel).parent.mkdir(parents=True, exist_ok=True)
+        (src / rel).write_text("{}\n")
+    console, out = _console()
+    argv = ["ingest", str(src), "--dry-run", "--report", str(tmp_path / "r.json")]
+    assert main([*argv, "--include", "docs/*.md", "--include", "*.rst"], console=console) == 2
+    assert " ".join(out.getvalue().split()).endswith(
+        f"no file in {src} matched the include patterns 'docs/*.md', '*.rst': --include globs use "
+        "gitignore syntax on the path relative to the source, e.g. 'docs/**/*.md' ('*.md' alone matches "
+        "in every directory)"
+    )
+    report = json.loads((tmp_path / "r.json").read_text())
+    assert report["aggregated"]["files_loaded"] == 0
+    assert [s["path"] for s in report["skipped_files"]] == ["package-lock.json"]  # reported, not matched
+
+    console, out = _console()
+    (src / "data.json").write_text("")
+    assert main([*argv, "--include", "*.json"], console=console) == 2
+    assert " ".join(out.getvalue().split()).endswith(
+        f"no file loaded from {src}: the 2 file(s) the include patterns '*.json' match were all skipped "
+        "(listed above)"
+    )
+
+
 def test_an_unwritable_report_path_is_a_clear_error(tmp_path, capsys):
     console, _ = _console()
     blocker = tmp_path / "file"

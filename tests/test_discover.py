@@ -9,7 +9,7 @@ from typing import Any
 import pytest
 
 from docingest.discover import discover
-from docingest.errors import SourceError
+from docingest.errors import ConfigError, SourceError
 from docingest.models import Skipped, SourceFile
 
 SAMPLE_DOCS = Path(__file__).resolve().parents[1] / "examples" / "sample-docs"
@@ -208,6 +208,49 @@ def test_exclude_without_include(tmp_path: Path) -> None:
         ("legacy/b.md", "excluded"),
         ("legacy/c.rst", "excluded"),
     ]
+
+
+_UNCLOSED = "has a '[' that no ']' closes, so gitignore syntax drops the whole pattern: write \\[ for a '['"
+
+
+@pytest.mark.parametrize(
+    ("glob", "why"),
+    [
+        ("[", _UNCLOSED),
+        ("docs/[!a.md", _UNCLOSED),
+        ("docs\\", "ends with a '\\' that escapes nothing: write \\\\ for a backslash"),
+        ("#notes.md", "starts with '#', which makes it a comment in gitignore syntax: write \\# for a '#'"),
+        ("  ", "is empty, so it matches nothing"),
+        ("/", "is '/' alone, which matches no path in gitignore syntax"),
+        ("!", "is a '!' (negation) with no glob after it"),
+        ("[z-a].md", "has an invalid bracket expression (bad character range z-a)"),
+    ],
+    ids=["unclosed", "unclosed-class", "backslash", "comment", "blank", "slash", "bare-not", "range"],
+)
+@pytest.mark.parametrize("flag", ["include", "exclude"])
+def test_a_glob_that_can_never_match_is_refused_at_call_time(
+    tmp_path: Path, flag: str, glob: str, why: str
+) -> None:
+    write(tmp_path, "a.md")
+    with pytest.raises(ConfigError) as info:
+        discover(tmp_path, **{flag: ["*.md", glob]})  # no iteration needed
+    assert str(info.value) == f"--{flag} '{glob}' {why}"
+
+
+def test_negated_globs_alone_are_refused_and_escapes_select_the_literal_names(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError) as info:
+        discover(tmp_path, include=["!docs/old/**"])
+    assert str(info.value) == (
+        "--include '!docs/old/**': a '!' glob only takes back paths another --include glob matches, "
+        "so negated globs alone match nothing; add the glob they carve out of (e.g. 'docs/**')"
+    )
+    for rel in ["[draft].md", "#notes.md", "docs/a.md", "docs/old/b.md"]:
+        write(tmp_path, rel)
+    assert summary(run(tmp_path, include=["\\[draft].md", "\\#notes.md"])) == [
+        ("#notes.md", "markdown"),
+        ("[draft].md", "markdown"),
+    ]
+    assert summary(run(tmp_path, include=["docs/**", "!docs/old/**"])) == [("docs/a.md", "markdown")]
 
 
 @pytest.mark.timeout(10)

@@ -12,6 +12,7 @@ from typing import Any
 
 from rich.console import Console
 from rich.markup import escape
+from rich.text import Text
 
 from docingest import __version__
 from docingest.errors import BudgetExceeded, DocingestError
@@ -207,6 +208,9 @@ def _ingest(args: argparse.Namespace, console: Console) -> int:
         )
         return 3
     agg = report["aggregated"]
+    if agg.get("files_loaded", 0) == 0 and config.include:
+        console.print(_nothing_included(config.source, config.include, report), highlight=False, markup=False)
+        return 2
     if agg.get("files_loaded", 0) == 0:
         console.print(
             f"no documentation files found in {config.source}: docingest selects .md .mdx .markdown .rst "
@@ -232,6 +236,24 @@ def _ingest(args: argparse.Namespace, console: Console) -> int:
         console.print(f"{failed:,} request(s) failed for good ({reasons}): {hint}", highlight=False)
         return 4
     return 0
+
+
+def _nothing_included(source: Path, include: Sequence[str], report: dict[str, Any]) -> str:
+    """Why a run with --include loaded no file: no path matched, or every match was skipped."""
+    from docingest.discover import matching
+
+    globs = ", ".join(f"'{glob}'" for glob in include)
+    skipped = [s["path"] for s in report.get("skipped_files") or () if s.get("reason") != "dot_directory"]
+    matched = matching(include, skipped)
+    if matched:
+        return (
+            f"no file loaded from {source}: the {len(matched)} file(s) the include patterns {globs} match "
+            "were all skipped (listed above)"
+        )
+    return (
+        f"no file in {source} matched the include patterns {globs}: --include globs use gitignore syntax "
+        "on the path relative to the source, e.g. 'docs/**/*.md' ('*.md' alone matches in every directory)"
+    )
 
 
 def _query(args: argparse.Namespace, console: Console) -> int:
@@ -352,10 +374,10 @@ def main(argv: Sequence[str] | None = None, *, console: Console | None = None) -
     try:
         code: int = handlers[args.command](args, out)
     except BudgetExceeded as exc:
-        err.print(f"[bold red]over budget:[/bold red] {escape(str(exc))}", highlight=False, soft_wrap=True)
+        err.print(Text.assemble(("over budget:", "bold red"), f" {exc}"), highlight=False, soft_wrap=True)
         return 3
-    except DocingestError as exc:
-        err.print(f"[bold red]error:[/bold red] {escape(str(exc))}", highlight=False, soft_wrap=True)
+    except DocingestError as exc:  # as plain text: markup's escape would still eat the \ of a glob's \[
+        err.print(Text.assemble(("error:", "bold red"), f" {exc}"), highlight=False, soft_wrap=True)
         return 2
     except OSError as exc:  # a report, ledger or database path that cannot be written
         where = f" {exc.filename}" if exc.filename else ""

@@ -9,6 +9,7 @@ from pathlib import Path
 from typing import Any
 
 from docingest.chunk import validate_chunking
+from docingest.discover import check_globs
 from docingest.errors import ConfigError, SourceError
 from docingest.execute import ClientSettings, resolve_credentials
 from docingest.plan import CONTEXT_MODES, ContextMode
@@ -77,6 +78,8 @@ class IngestConfig:
             raise ConfigError(f"--max-cost must be more than 0 (got {self.max_cost})")
         if not 1 <= self.embedding_batch_size <= 2048:
             raise ConfigError("--embedding-batch must be between 1 and 2048 (the API's limit)")
+        check_globs("--include", self.include)
+        check_globs("--exclude", self.exclude)
         if not self.source.exists():
             raise SourceError(f"source {self.source} does not exist")
         if not self.source.is_dir():

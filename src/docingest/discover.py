@@ -24,6 +24,8 @@ will not be. Rules, in the order they apply:
    always reported so the report shows what was avoided.
 5. ``exclude`` globs win over everything above: a file that would have been selected or
    reported is reported as ``excluded``.
+   A glob that can never match (``[`` never closed, a trailing ``\\``, a ``#`` comment, empty) is
+   refused with ``ConfigError`` before anything is listed: see :func:`glob_problem`.
 6. A selected file is skipped if it is not a regular file or cannot be read (``unreadable``),
    empty (``empty``), bigger than ``max_file_bytes`` (``too_large``), binary whatever its
    extension (``binary``: a NUL byte or mostly control bytes in the first 8 KB), or carries a
@@ -39,15 +41,23 @@ import os
 import re
 import stat
 import subprocess
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from pathlib import Path
 
 import pathspec
 
-from docingest.errors import SourceError
+from docingest.errors import ConfigError, SourceError
 from docingest.models import FileKind, Skipped, SourceFile
 
-__all__ = ["DEFAULT_EXTENSIONS", "LOCKFILE_NAMES", "discover", "kind_for"]
+__all__ = [
+    "DEFAULT_EXTENSIONS",
+    "LOCKFILE_NAMES",
+    "check_globs",
+    "discover",
+    "glob_problem",
+    "kind_for",
+    "matching",
+]
 
 DEFAULT_EXTENSIONS: tuple[str, ...] = (".md", ".mdx", ".markdown", ".rst", ".txt", ".ipynb")
 
@@ -113,13 +123,16 @@ def discover(
     """Stream the files under ``root`` to load, and the notable ones skipped, in path order.
 
     ``use_git=False`` walks the tree (applying ``.gitignore`` files) even inside a git work tree.
-    Raises ``SourceError`` at once if ``root`` is missing or not a directory.
+    Raises ``SourceError`` at once if ``root`` is missing or not a directory, ``ConfigError`` if
+    a glob can never match.
     """
     root = Path(root)
     if not root.exists():
         raise SourceError(f"source {str(root)!r} does not exist: pass a directory of documentation")
     if not root.is_dir():
         raise SourceError(f"source {str(root)!r} is not a directory: pass the directory that holds it")
+    check_globs("--include", include)
+    check_globs("--exclude", exclude)
     base = root.resolve()
     selector = _Selector(
         include=_spec(include),
@@ -169,6 +182,59 @@ class _Selector:
 
 def _spec(globs: Sequence[str]) -> pathspec.GitIgnoreSpec | None:
     return pathspec.GitIgnoreSpec.from_lines(globs) if globs else None
+
+
+def glob_problem(glob: str) -> str | None:
+    """Why a gitignore-style glob can never match a path (None: it is a valid glob).
+
+    Git's syntax drops some patterns without a word (an unclosed ``[``, a ``#`` comment, a blank
+    line) and pathspec follows it; on the command line that would only select nothing, silently.
+    """
+    body = glob if glob.endswith("\\ ") else glob.rstrip()  # as git: trailing spaces unless escaped
+    if not body:
+        return "is empty, so it matches nothing"
+    if body.startswith("#"):
+        return "starts with '#', which makes it a comment in gitignore syntax: write \\# for a '#'"
+    if body == "/":
+        return "is '/' alone, which matches no path in gitignore syntax"
+    try:
+        pattern = pathspec.GitIgnoreSpec.from_lines([glob]).patterns[0]
+    except re.error as exc:
+        return f"has an invalid bracket expression ({exc.msg})"
+    except ValueError as exc:
+        if (len(body) - len(body.rstrip("\\"))) % 2:
+            return "ends with a '\\' that escapes nothing: write \\\\ for a backslash"
+        if body == "!":
+            return "is a '!' (negation) with no glob after it"
+        return f"is not a valid gitignore-style glob ({exc})"
+    if pattern.include is None:
+        return (
+            "has a '[' that no ']' closes, so gitignore syntax drops the whole pattern: write \\[ for a '['"
+        )
+    return None
+
+
+def check_globs(flag: str, globs: Sequence[str]) -> None:
+    """Refuse (``ConfigError``, naming ``flag``) globs of which one, or all together, match nothing."""
+    for glob in globs:
+        problem = glob_problem(glob)
+        if problem is not None:
+            raise ConfigError(f"{flag} '{glob}' {problem}")
+    if globs and all(glob.startswith("!") for glob in globs):
+        raise ConfigError(
+            f"{flag} {_quoted(globs)}: a '!' glob only takes back paths another {flag} glob matches, "
+            "so negated globs alone match nothing; add the glob they carve out of (e.g. 'docs/**')"
+        )
+
+
+def matching(globs: Sequence[str], paths: Iterable[str]) -> list[str]:
+    """Those of ``paths`` that ``globs`` match, as ``include`` selects files in :func:`discover`."""
+    spec = _spec(globs)
+    return [] if spec is None else [p for p in paths if spec.match_file(p)]
+
+
+def _quoted(globs: Sequence[str]) -> str:
+    return ", ".join(f"'{glob}'" for glob in globs)
 
 
 def _suffix(rel: str) -> str:
