@@ -12,6 +12,7 @@ from typing import Any
 import pytest
 from rich.console import Console
 
+from docingest.budget import Forecast
 from docingest.cli import main
 from docingest.errors import BudgetExceeded
 from docingest.pipeline import IngestConfig, aforecast, ingest
@@ -90,3 +91,47 @@ def test_a_budget_between_stops_before_crossing_it_and_the_run_resumes(tmp_path)
         (c[0], c[1], r["call_type"]) for r in calls + calls2 if r["status"] == "Success" for c in r["chunks"]
     )
     assert len(done) == 2 * 12 and set(done.values()) == {1}
+
+
+def test_max_cost_prices_with_the_price_file_as_the_report_does(tmp_path, capsys):
+    """--price-file sets the prices --max-cost checks, not only the report's: a dear price stops a
+    dry run the default prices let through, a cheap one lets through a run they stop."""
+    src = write_tree(tmp_path, files=3)
+    dear, cheap = tmp_path / "dear.json", tmp_path / "cheap.json"
+    for path, usd_per_mtok in ((dear, 1000.0), (cheap, 0.001)):
+        price = {"input": usd_per_mtok, "output": usd_per_mtok}
+        path.write_text(json.dumps({"gpt-4o-mini": price, "text-embedding-3-small": price}))
+
+    def forecast(**kw: Any) -> Forecast:
+        cfg = IngestConfig(source=src, dry_run=True, db=tmp_path / "kb.sqlite", max_cost=1.0, **kw)
+        return asyncio.run(aforecast(cfg))
+
+    default = forecast()
+    tokens = default.tokens  # one price for every token: the cost is tokens * price
+    assert forecast(price_file=dear).usd == pytest.approx(tokens * 1000.0 / 1e6)
+    assert forecast(price_file=cheap).usd == pytest.approx(tokens * 0.001 / 1e6)
+    assert tokens * 0.001 / 1e6 < default.usd / 10 < default.usd * 10 < tokens * 1000.0 / 1e6
+
+    def run(name: str, max_cost: float, *price_file: Path) -> int:
+        argv = ["ingest", str(src), "--dry-run", "--report", str(tmp_path / f"{name}.json")]
+        argv += ["--db", str(tmp_path / "kb.sqlite"), "--max-cost", str(max_cost)]
+        argv += [f"--price-file={path}" for path in price_file]
+        return main(argv, console=Console(file=io.StringIO()))
+
+    high = default.usd * 10
+    assert run("high", high) == 0
+    assert run("high-dear", high, dear) == 3
+    assert f"the forecast costs up to ${tokens * 1000.0 / 1e6:.4f}, over --max-cost ${high:.4f}" in (
+        capsys.readouterr().err
+    )
+    assert not (tmp_path / "high-dear.json").exists()
+    low = default.usd / 10
+    assert run("low", low) == 3
+    assert (
+        f"the forecast costs up to ${default.usd:.4f}, over --max-cost ${low:.4f}" in capsys.readouterr().err
+    )
+    assert run("low-cheap", low, cheap) == 0
+    (forecast_record,) = [r for r in records(tmp_path / "low-cheap.ledger.jsonl") if r["type"] == "forecast"]
+    assert forecast_record["usd"] == pytest.approx(tokens * 0.001 / 1e6, abs=5e-7)  # rounded to 6 places
+    report = json.loads((tmp_path / "low-cheap.json").read_text())
+    assert report["run"]["config"]["price_file"] == str(cheap)

@@ -4,7 +4,8 @@ first call, and the per-attempt reservation that stops a run before it crosses t
 Tokens counted against ``--max-tokens``: the prompt tokens of every attempt sent (retries
 included) plus the completion tokens, reserved at ``max_tokens`` (the most an answer can bill)
 until the answer says what it billed. A failed attempt's prompt counts (it was sent), its
-completion does not. USD for ``--max-cost`` is priced the same way by :mod:`docingest.cost`.
+completion does not. USD for ``--max-cost`` is priced the same way by :mod:`docingest.cost`, at
+the prices of the report (``--price-file`` first).
 """
 
 from __future__ import annotations
@@ -12,6 +13,7 @@ from __future__ import annotations
 import threading
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 from docingest.errors import BudgetExceeded, ConfigError
@@ -134,20 +136,23 @@ class Forecast:
         return None
 
 
-def pricer_for(max_cost: float | None, models: Sequence[str]) -> Pricer | None:
-    """USD of (model, prompt, completion) for --max-cost; None when there is no cost budget."""
+def pricer_for(
+    max_cost: float | None, models: Sequence[str], price_file: Path | None = None
+) -> Pricer | None:
+    """USD of (model, prompt, completion) for --max-cost, at the prices the report uses
+    (``price_file`` first, then genai-prices); None when there is no cost budget."""
     if max_cost is None:
         return None
     try:
         from docingest.cost import MTOK, PriceTable
     except ImportError as exc:  # pragma: no cover - cost.py ships with docingest
         raise ConfigError(f"--max-cost needs docingest.cost ({exc}); use --max-tokens instead") from exc
-    table = PriceTable()
+    table = PriceTable.from_file(price_file)
     for model in models:
         if table.price(model) is None:
             raise ConfigError(
                 f"--max-cost: no price is known for model {model!r}, so the cost cannot be checked; "
-                "use --max-tokens instead, or a model genai-prices knows"
+                "give its price with --price-file, or use --max-tokens instead"
             )
 
     def price(model: str | None, prompt: int, completion: int) -> float | None:

@@ -179,6 +179,7 @@ def _ingest(args: argparse.Namespace, console: Console) -> int:
         tpm=args.tpm,
         max_tokens=args.max_tokens,
         max_cost=args.max_cost,
+        price_file=args.price_file,
     )
     with ProgressView(console) as view:
         try:
@@ -191,7 +192,8 @@ def _ingest(args: argparse.Namespace, console: Console) -> int:
             )
             return 130
     # streamed from the ledger when the run is too large to hold its chunk details in memory
-    report = write_run_report(result.stats, result.report_path, prices=PriceTable.from_file(args.price_file))
+    prices = PriceTable.from_file(config.price_file)  # the prices --max-cost was checked with
+    report = write_run_report(result.stats, result.report_path, prices=prices)
     from docingest.otel import export_if_enabled
 
     export_if_enabled(result.ledger_path, explicit=args.otel)

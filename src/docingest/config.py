@@ -49,6 +49,7 @@ class IngestConfig:
     tpm: int | None = None
     max_tokens: int | None = None  # budget: prompt tokens sent + completion (max_tokens until billed)
     max_cost: float | None = None  # budget in USD, priced by docingest.cost
+    price_file: Path | None = None  # prices overriding genai-prices: the report's and --max-cost's
 
     def validate(self) -> None:
         validate_chunking(self.chunk_tokens, self.overlap_tokens)
@@ -80,6 +81,10 @@ class IngestConfig:
             raise ConfigError("--embedding-batch must be between 1 and 2048 (the API's limit)")
         check_globs("--include", self.include)
         check_globs("--exclude", self.exclude)
+        if self.price_file is not None:
+            from docingest.cost import load_price_file
+
+            load_price_file(self.price_file)  # refuses an unreadable file before any call, not after
         if not self.source.exists():
             raise SourceError(f"source {self.source} does not exist")
         if not self.source.is_dir():

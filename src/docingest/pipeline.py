@@ -113,7 +113,9 @@ class _Run:
         self.budget = TokenBudget(
             max_tokens=config.max_tokens,
             max_cost=config.max_cost,
-            pricer=pricer_for(config.max_cost, [config.chat_model, config.embedding_model]),
+            pricer=pricer_for(
+                config.max_cost, [config.chat_model, config.embedding_model], config.price_file
+            ),
         )
         # a dry run answers at once: pacing it would only slow the forecast down
         self.limiter = None if config.dry_run else RateLimiter(config.rpm, config.tpm)
