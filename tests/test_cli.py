@@ -171,7 +171,10 @@ def test_a_run_whose_calls_all_fail_exits_4_and_names_the_unreachable_api(tmp_pa
         and agg["total_failed_calls"] == agg["total_api_calls_initiated"] > 0
     )
     text = " ".join(out.getvalue().split())
-    assert "failed for good" in text
+    # one failure per request (no retries here: one attempt each), an embedding batch counting once
+    assert agg["by_call_type"]["create_embedding"]["calls"] < agg["chunks"]
+    n = agg["total_api_calls_initiated"]
+    assert f" {n:,} request(s) failed for good ({n:,} APIConnectionError)" in text
     assert "no request reached the API at http://127.0.0.1:9/v1" in text
 
 

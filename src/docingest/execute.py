@@ -110,11 +110,19 @@ class Outcome:
 
 @dataclass(slots=True)
 class EmbedOutcome:
-    """One (vector, error) per input, and the deferred records of the successful attempts."""
+    """One (vector, error) per input, and the deferred records of the successful attempts.
+    ``failed``: the error of each request that failed for good (one per request, not per input;
+    a batch split after a 400 is several requests)."""
 
     results: list[tuple[Vector | None, str | None]]
     records: list[dict[str, Any]] = field(default_factory=list)
     refused: bool = False
+    failed: list[str] = field(default_factory=list)
+
+    @classmethod
+    def failure(cls, count: int, error: str, records: list[dict[str, Any]]) -> EmbedOutcome:
+        """One request of ``count`` inputs that failed for good with ``error``."""
+        return cls([(None, error)] * count, records, failed=[error])
 
 
 class Executor:
@@ -210,20 +218,21 @@ class Executor:
             except openai.BadRequestError as exc:
                 error = _describe(exc)
             except openai.APIError as exc:
-                return EmbedOutcome([(None, _describe(exc))] * len(items), records)
+                return EmbedOutcome.failure(len(items), _describe(exc), records)
             except Exception as exc:  # a malformed answer
-                return EmbedOutcome([(None, f"{type(exc).__name__}: {exc}")] * len(items), records)
+                return EmbedOutcome.failure(len(items), f"{type(exc).__name__}: {exc}", records)
             finally:
                 current_call.reset(token)
         if error is not None:
             if len(items) == 1:
-                return EmbedOutcome([(None, error)], records)
+                return EmbedOutcome.failure(1, error, records)
             half = len(items) // 2
             left, right = await asyncio.gather(self.embed(items[:half]), self.embed(items[half:]))
             return EmbedOutcome(
                 left.results + right.results,
                 records + left.records + right.records,
                 refused=left.refused or right.refused,
+                failed=left.failed + right.failed,
             )
         return EmbedOutcome(vectors, records)
 

@@ -375,12 +375,12 @@ class _Run:
                 self.executor.write(outcome.records)
         finally:
             self.executor.write(outcome.records)
+        for failure in outcome.failed:  # per request, however many inputs it carried
+            self._failed(failure)
         for item, (vector, error) in zip(items, outcome.results, strict=True):
             if vector is None and outcome.refused and error == self.budget.refused:
                 self._stop(error)
                 self._unsent(item.chunk, "create_embedding", item.tokens, _budget_reason(error))
-            elif vector is None:
-                self._failed(error)
             for it in followers[item.key]:
                 if vector is not None:
                     self._cache_hit(it.chunk, "create_embedding", it.tokens, "this_run")
