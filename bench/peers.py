@@ -193,11 +193,131 @@ def run_floor(corpus: Path, work: Path) -> dict[str, Any]:
     }
 
 
+def run_parts(corpus: Path, work: Path) -> dict[str, Any]:
+    """docingest's dry run taken apart: each stage alone, one after the other.
+
+    - ``plan_s``: discover, load, chunk and plan every file (every count the plan needs), of which
+      ``splitter_s`` is semantic-text-splitter alone on the loaded documents;
+    - ``account_s``: counting each file's source, document and dropped texts (tokens not sent);
+    - ``api_s``: the planned requests through the OpenAI SDK, the dry-run transport and the
+      recording (a ledger written), concurrency 16, no planning; ``sdk_s``: the SDK alone for the
+      same requests over a transport that returns one canned answer;
+    - ``counted_floor_s``: tiktoken's batch API over every distinct text docingest counts (the
+      floor's texts plus sources, documents, dropped parts and the other --context modes' prompts).
+    """
+    import asyncio
+
+    import httpx2
+
+    from docingest.account import StatsCollector
+    from docingest.chunk import Chunker
+    from docingest.discover import discover
+    from docingest.execute import ClientSettings, Executor, build_async_client
+    from docingest.load import load
+    from docingest.models import SourceFile
+    from docingest.plan import CONTEXT_MODES, Planner, batches
+    from docingest.tokens import TokenCounter, get_encoding
+
+    chat, embed = TokenCounter.for_model(CHAT_MODEL), TokenCounter.for_model(EMBEDDING_MODEL)
+    chunker = Chunker(chat, chunk_tokens=CHUNK_TOKENS)
+    planners = {
+        mode: Planner(chat, embed, chat_model=CHAT_MODEL, embedding_model=EMBEDDING_MODEL, context=mode)
+        for mode in CONTEXT_MODES
+    }
+    planner = planners["section"]
+    t0 = time.perf_counter()
+    docs, requests, items = [], [], []
+    for file in discover(corpus):
+        if isinstance(file, SourceFile):
+            doc = load(file)
+            chunks = chunker.chunk(doc)
+            requests += planner.summaries(doc, chunks)
+            items += planner.embeddings(chunks)
+            for other in planners.values():
+                other.prompt_tokens(doc, chunks)
+            docs.append(doc)
+    plan_s = time.perf_counter() - t0
+
+    splitter = chunker._markdown  # the splitter as the Chunker configures it
+    t0 = time.perf_counter()
+    for doc in docs:
+        splitter.chunk_indices(doc.text)
+    splitter_s = time.perf_counter() - t0
+
+    fresh = TokenCounter.for_model(CHAT_MODEL)  # nothing cached
+    t0 = time.perf_counter()
+    for doc in docs:
+        fresh.count_many([doc.source_text, doc.text, *(part.text for part in doc.dropped)])
+    account_s = time.perf_counter() - t0
+
+    class Canned(httpx2.AsyncBaseTransport):
+        chat = json.dumps(
+            {"object": "chat.completion", "choices": [{"index": 0, "message": {"content": "s"}}]}
+        ).encode()
+
+        async def handle_async_request(self, request: httpx2.Request) -> httpx2.Response:
+            await request.aread()
+            if request.url.path.endswith("/embeddings"):
+                n = len(json.loads(request.content)["input"])
+                data = [{"index": i, "embedding": [0.0]} for i in range(n)]
+                return httpx2.Response(200, json={"object": "list", "data": data})
+            return httpx2.Response(200, content=self.chat, headers={"content-type": "application/json"})
+
+    embedding_batches = list(batches(items))
+
+    async def send(transport: httpx2.AsyncBaseTransport | None, ledger: Path | None) -> float:
+        settings = ClientSettings(dry_run=transport is None, concurrency=16, api_key="sk-bench")
+        if ledger is not None:
+            ledger.unlink(missing_ok=True)
+        stats = StatsCollector(ledger)
+        client = build_async_client(settings, stats, transport=transport)
+        executor = Executor(client, settings, stats=stats)
+        t0 = time.perf_counter()
+        await asyncio.gather(
+            *(executor.summarize(r) for r in requests), *(executor.embed(b) for b in embedding_batches)
+        )
+        seconds = time.perf_counter() - t0
+        await executor.aclose()
+        stats.finish()
+        return seconds
+
+    api_s = asyncio.run(send(None, work / "parts.ledger.jsonl"))
+    sdk_s = asyncio.run(send(Canned(), None))
+
+    texts: dict[str, dict[str, None]] = {"chat": {}, "embed": {}}
+    for doc in docs:
+        texts["chat"].update(dict.fromkeys([doc.source_text, doc.text, *(p.text for p in doc.dropped)]))
+    for r in requests:
+        texts["chat"].update((m["content"], None) for m in r.messages)
+        texts["chat"][r.chunk.text] = None
+    for doc in docs:
+        texts["chat"][f"Full document {doc.path}:\n\n{doc.text}"] = None
+    texts["embed"].update((i.input, None) for i in items)
+    o200k, cl100k = get_encoding(chat.encoding_name), get_encoding(embed.encoding_name)
+    t0 = time.perf_counter()
+    counted = sum(map(len, o200k.encode_ordinary_batch(list(texts["chat"]))))
+    counted += sum(map(len, cl100k.encode_ordinary_batch(list(texts["embed"]))))
+    counted_floor_s = time.perf_counter() - t0
+    return {
+        "plan_s": round(plan_s, 3),
+        "splitter_s": round(splitter_s, 3),
+        "account_s": round(account_s, 3),
+        "api_s": round(api_s, 3),
+        "sdk_s": round(sdk_s, 3),
+        "requests": len(requests) + len(embedding_batches),
+        "counted_floor_s": round(counted_floor_s, 3),
+        "counted_texts": len(texts["chat"]) + len(texts["embed"]),
+        "counted_tokens": counted,
+        "note": "each stage alone, one after another (see run_parts); the run overlaps them",
+    }
+
+
 PEERS: dict[str, Callable[[Path, Path], dict[str, Any]]] = {
     "docingest": run_docingest,
     "llamaindex": run_llamaindex,
     "langchain": run_langchain,
     "floor": run_floor,
+    "parts": run_parts,
 }
 
 
@@ -244,7 +364,7 @@ def table(rows: list[dict[str, Any]]) -> str:
         f"{'wall s':>8} {'(ratio)':>8} {'peak RSS MB':>11} {'(ratio)':>8}"
     ]
     for r in rows:
-        if r["peer"] == "floor":
+        if r["peer"] in ("floor", "parts"):
             continue
         cells = [f"{r['peer']:<11}"]
         for col, width in zip(cols, (15, 12, 8, 11), strict=True):
@@ -259,6 +379,22 @@ def table(rows: list[dict[str, Any]]) -> str:
             f"({floor['tokens']:,} tokens) takes {floor['floor_s']} s; docingest's dry run is "
             f"{base['wall_s'] / floor['floor_s']:.1f}x that as a process (imports included), "
             f"{base.get('run_s', 0) / floor['floor_s']:.1f}x in process (run and report only)"
+        )
+    parts = next((r for r in rows if r["peer"] == "parts"), None)
+    if parts and "plan_s" in parts:
+        lines.append(
+            f"docingest's stages alone, one after another: load+chunk+plan {parts['plan_s']} s "
+            f"(of which the splitter {parts['splitter_s']} s), counting source/document/dropped "
+            f"tokens {parts['account_s']} s, {parts['requests']:,} requests through the SDK, the "
+            f"dry-run transport and the ledger {parts['api_s']} s (the SDK alone over a canned "
+            f"answer {parts['sdk_s']} s); sum "
+            f"{parts['plan_s'] + parts['account_s'] + parts['api_s']:.2f} s"
+        )
+        lines.append(
+            f"counted floor: tokenizing once every distinct text docingest counts "
+            f"({parts['counted_texts']:,} texts, {parts['counted_tokens']:,} tokens) takes "
+            f"{parts['counted_floor_s']} s; the dry run in process is "
+            f"{base.get('run_s', 0) / parts['counted_floor_s']:.1f}x that"
         )
     for r in rows:
         for key in ("note", "error"):

@@ -188,6 +188,30 @@ class TokenCounter:
     def count_many(self, texts: Sequence[str]) -> list[int]:
         """Counts for many texts; the unknown ones are encoded on all cores when there is enough
         text to be worth it (largest first, so one long text does not finish last)."""
+        out, missing = self._lookup(texts)
+        if missing:
+            keys = list(missing)
+            if len(keys) > 1 and sum(map(len, keys)) >= PARALLEL_MIN_CHARS:
+                keys.sort(key=len, reverse=True)
+                lengths = list(_threads().map(self.length, keys))
+            else:
+                lengths = [self.length(k) for k in keys]
+            self._learn(missing, keys, lengths)
+        return [n if n is not None else missing[t] for n, t in zip(out, texts, strict=True)]
+
+    async def acount_many(self, texts: Sequence[str]) -> list[int]:
+        """:meth:`count_many` without blocking the event loop: each unknown text is encoded in the
+        counting threads (tiktoken releases the GIL) while the loop goes on, e.g. with API calls."""
+        out, missing = self._lookup(texts)
+        if missing:
+            loop = asyncio.get_running_loop()
+            keys = sorted(missing, key=len, reverse=True)
+            lengths = await asyncio.gather(*(loop.run_in_executor(_threads(), self.length, k) for k in keys))
+            self._learn(missing, keys, lengths)
+        return [n if n is not None else missing[t] for n, t in zip(out, texts, strict=True)]
+
+    def _lookup(self, texts: Sequence[str]) -> tuple[list[int | None], dict[str, int]]:
+        """The remembered count of each text (None if unknown), and the unknown texts."""
         out: list[int | None] = []
         missing: dict[str, int] = {}
         with self._lock:
@@ -196,22 +220,12 @@ class TokenCounter:
                 out.append(hit)
                 if hit is None:
                     missing[t] = 0
-        if missing:
-            keys = list(missing)
-            if len(keys) > 1 and sum(map(len, keys)) >= PARALLEL_MIN_CHARS:
-                keys.sort(key=len, reverse=True)
-                lengths = list(_threads().map(self.length, keys))
-            else:
-                lengths = [self.length(k) for k in keys]
-            for key, n in zip(keys, lengths, strict=True):
-                missing[key] = n
-                self._remember(key, n)
-        return [n if n is not None else missing[t] for n, t in zip(out, texts, strict=True)]
+        return out, missing
 
-    async def acount_many(self, texts: Sequence[str]) -> list[int]:
-        """:meth:`count_many` in a worker thread: the event loop goes on (e.g. with API calls)
-        while the texts are encoded, which tiktoken does without holding the GIL."""
-        return await asyncio.get_running_loop().run_in_executor(None, self.count_many, texts)
+    def _learn(self, missing: dict[str, int], keys: Sequence[str], lengths: Sequence[int]) -> None:
+        for key, n in zip(keys, lengths, strict=True):
+            missing[key] = n
+            self._remember(key, n)
 
     def length(self, text: str) -> int:
         """The number of tokens of ``text`` (not cached: :meth:`count` is)."""
