@@ -135,3 +135,44 @@ def test_max_cost_prices_with_the_price_file_as_the_report_does(tmp_path, capsys
     assert forecast_record["usd"] == pytest.approx(tokens * 0.001 / 1e6, abs=5e-7)  # rounded to 6 places
     report = json.loads((tmp_path / "low-cheap.json").read_text())
     assert report["run"]["config"]["price_file"] == str(cheap)
+
+
+def test_attempts_that_never_left_spend_no_budget(tmp_path):
+    """Connection refused, retried: the budget counts what may be billed, and nothing was sent."""
+    import socket
+
+    src = write_tree(tmp_path, files=6)
+    with socket.socket() as s:  # a port where nothing listens
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    with OpenAIServer() as server:
+        forecast = asyncio.run(aforecast(config(src, tmp_path, server, "f")))
+    dead = IngestConfig(
+        source=src,
+        report=tmp_path / "dead.json",
+        db=tmp_path / "kb.sqlite",
+        base_url=f"http://127.0.0.1:{port}/v1",
+        api_key="k",
+        concurrency=2,
+        max_retries=2,
+        max_tokens=forecast.tokens,  # three attempts per request would cross it, were they charged
+    )
+    result = ingest(dead)
+    calls = [r for r in records(result.ledger_path) if r["type"] == "call"]
+    assert len(calls) == 3 * forecast.requests  # every request tried three times, none refused
+    assert all(r["sent"] is False for r in calls)
+    assert result.stopped is None
+    assert not [r for r in records(result.ledger_path) if r["type"] == "unsent"]
+
+
+def test_a_settled_reservation_that_was_not_sent_gives_the_budget_back():
+    from docingest.budget import TokenBudget
+
+    budget = TokenBudget(max_tokens=1_000)
+    kept = budget.reserve(300, 100, "m")
+    lost = budget.reserve(200, 100, "m")
+    assert budget.spent_tokens == 700
+    budget.settle(lost, ok=False, completion_tokens=None, sent=False)
+    assert budget.spent_tokens == 400  # the attempt that never left costs nothing
+    budget.settle(kept, ok=True, completion_tokens=40)
+    assert budget.spent_tokens == 340  # prompt and the completion it billed

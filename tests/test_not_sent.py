@@ -21,9 +21,9 @@ from rich.console import Console
 
 from docingest import StatsCollector, recording_http_client
 from docingest.cli import main
+from docingest.errors import failed_before_sending
 from docingest.report import build_report, validate_report, write_run_report
 from docingest.testing.openai_server import OpenAIServer, parse_fault
-from docingest.transport import failed_before_sending
 
 SAMPLE = Path(__file__).resolve().parents[1] / "examples" / "sample-docs"
 

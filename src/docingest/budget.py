@@ -81,15 +81,19 @@ class TokenBudget:
             self.spent_usd += usd
             return Reservation(prompt_tokens, completion_tokens, model, usd)
 
-    def settle(self, reservation: Reservation, *, ok: bool, completion_tokens: int | None) -> None:
-        """After the answer: a failed attempt has no completion; a billed one costs what it billed."""
+    def settle(
+        self, reservation: Reservation, *, ok: bool, completion_tokens: int | None, sent: bool = True
+    ) -> None:
+        """After the answer: a failed attempt has no completion; a billed one costs what it billed;
+        one that never left the machine (``sent=False``: connection refused...) costs nothing."""
         actual = reservation.completion_tokens if completion_tokens is None else completion_tokens
         actual = min(actual, reservation.completion_tokens) if ok else 0
+        prompt = reservation.prompt_tokens if sent else 0
         usd = 0.0
-        if self.max_cost is not None:
-            usd = self._usd(reservation.model, reservation.prompt_tokens, actual)
+        if self.max_cost is not None and sent:
+            usd = self._usd(reservation.model, prompt, actual)
         with self._mutex:
-            self.spent_tokens -= reservation.completion_tokens - actual
+            self.spent_tokens -= reservation.prompt_tokens - prompt + reservation.completion_tokens - actual
             self.spent_usd -= reservation.usd - usd
 
 

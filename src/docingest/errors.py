@@ -32,3 +32,24 @@ class SchemaError(DocingestError):
 
 class BudgetExceeded(DocingestError):
     """The run would spend more than the budget allows."""
+
+
+#: Transport errors raised before the request was written to the connection (connection
+#: refused, DNS failure, connect timeout, no free connection in the pool, a proxy that refused the
+#: tunnel): the API received nothing. httpx, httpx2 and their httpcore name them alike.
+_BEFORE_SENDING = frozenset(
+    {"ConnectError", "ConnectTimeout", "PoolTimeout", "ProxyError", "UnsupportedProtocol"}
+)
+_HTTP_PACKAGES = frozenset({"httpx", "httpx2", "httpcore", "httpcore2"})
+
+
+def failed_before_sending(exc: BaseException) -> bool:
+    """Whether ``exc`` (raised by an HTTP transport) means the request never left the machine.
+
+    A read timeout or a connection dropped after the request was written (``ReadTimeout``,
+    ``RemoteProtocolError``, ``ReadError``, ``WriteError``...) does not: the API may have
+    received the request, and bill it."""
+    return any(
+        cls.__name__ in _BEFORE_SENDING and cls.__module__.split(".", 1)[0] in _HTTP_PACKAGES
+        for cls in type(exc).__mro__
+    )

@@ -37,7 +37,7 @@ import httpx2
 
 from docingest.account import current_call
 from docingest.budget import Reservation, TokenBudget
-from docingest.errors import BudgetExceeded
+from docingest.errors import BudgetExceeded, failed_before_sending
 
 WINDOW_SECONDS = 60.0
 #: Added to the window: a request reaches the server a little after it is admitted here, so an
@@ -299,6 +299,7 @@ class GateTransport(httpx2.AsyncBaseTransport):
                     self.on_refused(request, str(exc))
                 raise
         ok = False
+        sent = True
         completion_billed: int | None = None
         try:
             if self.limiter is not None:
@@ -310,9 +311,12 @@ class GateTransport(httpx2.AsyncBaseTransport):
             if ok and reservation is not None and completion:
                 completion_billed = _completion_tokens(response)
             return response
+        except Exception as exc:
+            sent = not failed_before_sending(exc)  # nothing left the machine: nothing to bill
+            raise
         finally:
             if reservation is not None and self.budget is not None:
-                self.budget.settle(reservation, ok=ok, completion_tokens=completion_billed)
+                self.budget.settle(reservation, ok=ok, completion_tokens=completion_billed, sent=sent)
 
     async def aclose(self) -> None:
         await self.inner.aclose()

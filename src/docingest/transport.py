@@ -25,6 +25,7 @@ from typing import Any
 import httpx2
 
 from docingest.account import CallInfo, ChunkShare, StatsCollector, current_call, current_chunk
+from docingest.errors import failed_before_sending
 from docingest.ratelimit import WAIT_EXTENSION
 from docingest.simulate import SimOptions, respond
 from docingest.tokens import TokenCounter, encoding_name_for_model
@@ -50,27 +51,8 @@ _SKIP_FRAMES = (
 )
 
 
-#: Transport errors raised before the request was written to the connection (connection
-#: refused, DNS failure, connect timeout, no free connection in the pool, a proxy that refused the
-#: tunnel): the API received nothing. httpx, httpx2 and their httpcore name them alike.
-_BEFORE_SENDING = frozenset(
-    {"ConnectError", "ConnectTimeout", "PoolTimeout", "ProxyError", "UnsupportedProtocol"}
-)
-_HTTP_PACKAGES = frozenset({"httpx", "httpx2", "httpcore", "httpcore2"})
 NOT_SENT_NOTE = "nothing was sent: the connection failed before the request left this machine"
 MAYBE_BILLED_NOTE = "counted as sent: the API may have received the request, and billed it"
-
-
-def failed_before_sending(exc: BaseException) -> bool:
-    """Whether ``exc`` (raised by an HTTP transport) means the request never left the machine.
-
-    A read timeout or a connection dropped after the request was written (``ReadTimeout``,
-    ``RemoteProtocolError``, ``ReadError``, ``WriteError``...) does not: the API may have
-    received the request, and bill it."""
-    return any(
-        cls.__name__ in _BEFORE_SENDING and cls.__module__.split(".", 1)[0] in _HTTP_PACKAGES
-        for cls in type(exc).__mro__
-    )
 
 
 def _os_reason(exc: BaseException) -> str | None:
