@@ -7,9 +7,8 @@ to the knowledge base.
 from __future__ import annotations
 
 import asyncio
-from collections import Counter, deque
-from collections.abc import AsyncGenerator, Awaitable, Callable, Iterator
-from concurrent.futures import ThreadPoolExecutor
+from collections import Counter
+from collections.abc import Awaitable, Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -19,21 +18,18 @@ import httpx2
 
 from docingest.account import StatsCollector
 from docingest.budget import HOW_TO_LOWER, Forecast, TokenBudget, batch_sizes, pricer_for
-from docingest.chunk import Chunker
 from docingest.config import IngestConfig, default_report_path, ledger_path_for
 from docingest.discover import discover
 from docingest.errors import BudgetExceeded, ConfigError
 from docingest.execute import Executor, build_async_client
-from docingest.load import load
-from docingest.models import Chunk, Document, Skipped, SourceFile
+from docingest.models import Chunk, Skipped, SourceFile
 from docingest.plan import (
-    CONTEXT_MODES,
     MAX_EMBEDDING_INPUT_TOKENS,
     EmbeddingItem,
-    Planner,
     SummaryRequest,
     batches,
 )
+from docingest.prepare import FilePlan, Preparer
 from docingest.ratelimit import RateLimiter
 from docingest.simulate import SimOptions
 from docingest.store import KnowledgeBase
@@ -47,9 +43,6 @@ AVOIDED_REASONS = frozenset({"lockfile", "minified", "generated"})
 # Characters of files whose tokens are still being counted while the run goes on; past this the
 # run waits for the counting, so memory stays bounded when counting is the slowest stage.
 COUNTING_BACKLOG_CHARS = 32 * 1024 * 1024
-# Files loaded, chunked and planned in a worker thread ahead of the one whose requests are being
-# sent: the splitter and tiktoken run outside the GIL while the event loop drives the SDK.
-PLAN_AHEAD = 2
 
 
 def chunk_preview(text: str, chars: int = 100) -> str:
@@ -98,17 +91,7 @@ class _Run:
         self.counters = Counters()
         self.chat_counter = self.counters.for_model(config.chat_model)
         self.embedding_counter = self.counters.for_model(config.embedding_model)
-        self.chunker = Chunker(
-            self.chat_counter, chunk_tokens=config.chunk_tokens, overlap_tokens=config.overlap_tokens
-        )
-        self.planner = Planner(
-            self.chat_counter,
-            self.embedding_counter,
-            chat_model=config.chat_model,
-            embedding_model=config.embedding_model,
-            context=config.context,
-            summary_tokens=config.summary_tokens,
-        )
+        self.preparer = Preparer(config, stats, self.chat_counter, self.embedding_counter)
         settings = config.client_settings()
         self.budget = TokenBudget(
             max_tokens=config.max_tokens,
@@ -131,25 +114,12 @@ class _Run:
         self.kb: KnowledgeBase | None = _open_kb(config)
         self.writable = self.kb is not None and not self.kb.readonly
         self.executor = Executor(client, settings, stats=stats, defer=self.writable)
-        # The same plan under each --context mode: the report can say what another mode costs.
-        self.alt_planners = {
-            mode: Planner(
-                self.chat_counter,
-                self.embedding_counter,
-                chat_model=config.chat_model,
-                embedding_model=config.embedding_model,
-                context=mode,
-                summary_tokens=config.summary_tokens,
-            )
-            for mode in CONTEXT_MODES
-        }
         self.progress = Progress()
         self.on_progress = on_progress
         self._tasks: set[asyncio.Task[None]] = set()
         self._pending_embeddings: list[EmbeddingItem] = []
         self._max_in_flight = max(config.concurrency, 1) * 4
         self._counting_chars = 0  # characters in files whose accounting has not finished
-        self._planning = ThreadPoolExecutor(1, thread_name_prefix="docingest-plan")
         # requests in flight by content key, with the chunks waiting for the same result
         self._summary_waiters: dict[str, list[SummaryRequest]] = {}
         self._embedding_waiters: dict[str, list[EmbeddingItem]] = {}
@@ -184,14 +154,7 @@ class _Run:
             return None
         return self.chat_counter.count(data.decode("utf-8", errors="replace"))
 
-    def _load(self, file: SourceFile) -> Document | None:
-        try:
-            return load(file, mode="raw" if self.config.loader == "raw" else "smart")
-        except OSError as exc:
-            self.stats.record_skip(file.path, "unreadable", exc.strerror or str(exc), file.size)
-            return None
-
-    async def _account_file(self, plan: _FilePlan) -> None:
+    async def _account_file(self, plan: FilePlan) -> None:
         """The file's record: its tokens at each level, also written to its knowledge-base row.
         A task beside the file's API calls: the texts (a notebook's source can be many times its
         document) are counted in worker threads while the event loop goes on."""
@@ -251,7 +214,7 @@ class _Run:
             yield
 
     # -- cache -----------------------------------------------------------------------------------
-    def _unchanged(self, plan: _FilePlan) -> bool:
+    def _unchanged(self, plan: FilePlan) -> bool:
         """The knowledge base holds this document as it is now, every chunk summarized and embedded
         by the same requests: nothing to send, nothing to write."""
         doc, chunks, requests, items = plan.doc, plan.chunks, plan.requests, plan.items
@@ -426,64 +389,22 @@ class _Run:
             await self._spawn(self._embed(batch))
 
     # -- the run -----------------------------------------------------------------------------------
-    def _prepare(self, file: SourceFile) -> _FilePlan | None:
-        """Load, chunk and plan one file; no knowledge-base access, so it can run in a worker thread."""
-        doc = self._load(file)
-        if doc is None:
-            return None
-        chunks = self.chunker.chunk(doc)
-        plan = _FilePlan(
-            file,
-            doc,
-            chunks,
-            self.planner.summaries(doc, chunks),
-            self.planner.embeddings(chunks),
-            {mode: planner.prompt_tokens(doc, chunks) for mode, planner in self.alt_planners.items()},
-        )
-        if self.config.loader == "raw" and file.kind in ("markdown", "notebook"):
-            # What the smart loader would have kept out: the non-text payload this run sends.
-            smart = load(file, mode="smart")
-            payload: Counter[str] = Counter()
-            for part in smart.dropped:
-                payload[part.category] += self.chat_counter.count(part.text)
-            plan.extra["payload_tokens"] = dict(payload)
-            plan.extra["smart_document_tokens"] = self.chat_counter.count(smart.text)
-        return plan
-
-    def _plan(self, file: SourceFile) -> _FilePlan | None:
-        plan = self._prepare(file)
+    def _plan(self, file: SourceFile) -> FilePlan | None:
+        plan = self.preparer.prepare(file)
         if plan is not None:
             plan.unchanged = self._unchanged(plan)
         return plan
-
-    async def _plans(self, files: list[SourceFile]) -> AsyncGenerator[_FilePlan, None]:
-        """:meth:`_plan` of each file, prepared up to ``PLAN_AHEAD`` files ahead in a worker thread."""
-        loop = asyncio.get_running_loop()
-        ahead: deque[asyncio.Future[_FilePlan | None]] = deque()
-        todo = iter(files)
-        try:
-            while True:
-                while len(ahead) < PLAN_AHEAD and (file := next(todo, None)) is not None:
-                    ahead.append(loop.run_in_executor(self._planning, self._prepare, file))
-                if not ahead:
-                    return
-                plan = await ahead.popleft()
-                if plan is not None:
-                    plan.unchanged = self._unchanged(plan)
-                    yield plan
-        finally:
-            for future in ahead:
-                future.cancel()
 
     async def run(self) -> None:
         files = self._discover()
         self.progress.files_total = len(files)
         self._notify()
         seen: list[str] = []
-        plans = self._plans(files)
+        plans = self.preparer.ahead(files)
         async for plan in plans:
             if self.stopped:
                 break
+            plan.unchanged = self._unchanged(plan)
             doc, chunks = plan.doc, plan.chunks
             seen.append(doc.path)
             for c in chunks:
@@ -549,22 +470,10 @@ class _Run:
     async def aclose(self) -> None:
         for task in list(self._tasks):
             task.cancel()
-        self._planning.shutdown(wait=False, cancel_futures=True)
+        self.preparer.close()
         await self.executor.aclose()
         if self.kb is not None:
             self.kb.close()
-
-
-@dataclass(slots=True)
-class _FilePlan:
-    file: SourceFile
-    doc: Document
-    chunks: list[Chunk]
-    requests: list[SummaryRequest]
-    items: list[EmbeddingItem]
-    plan_tokens: dict[str, int]  # the summaries' prompt tokens under each --context mode
-    extra: dict[str, Any] = field(default_factory=dict)  # more figures for the file's record
-    unchanged: bool = False  # the knowledge base holds it as it is: nothing to send
 
 
 def _budget_reason(refusal: str | None) -> str:
