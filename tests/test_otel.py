@@ -158,3 +158,31 @@ def test_trace_exports_when_the_endpoint_is_set(
     (span,) = _spans(otlp_receiver.received)
     assert _attrs(span)["gen_ai.operation.name"] == "embeddings"
     assert _attrs(span)["gen_ai.usage.input_tokens"] == 1
+
+
+def test_an_attempt_that_never_left_is_a_span_that_says_so() -> None:
+    import socket
+
+    with socket.socket() as s:  # a port where nothing listens
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    exporter = InMemorySpanExporter()
+    provider = TracerProvider()
+    provider.add_span_processor(SimpleSpanProcessor(exporter))
+    stats = StatsCollector(None)
+    detach = SpanBridge(provider).attach(stats)
+    http = recording_http_client(stats)
+    with (
+        openai.OpenAI(
+            base_url=f"http://127.0.0.1:{port}/v1", api_key="k", max_retries=0, http_client=http
+        ) as c,
+        pytest.raises(openai.APIConnectionError),
+    ):
+        c.chat.completions.create(model="gpt-4o-mini", messages=[{"role": "user", "content": "hello"}])
+    detach()
+    (span,) = exporter.get_finished_spans()
+    attrs = dict(span.attributes or {})
+    assert attrs["docingest.sent"] is False
+    assert attrs["gen_ai.usage.input_tokens"] == 0
+    assert attrs["docingest.tokens_not_sent"] == 3 + (3 + 1) + 1  # priming + one message of "hello"
+    assert span.status.description and "nothing was sent" in span.status.description

@@ -71,6 +71,9 @@ def span_attributes(record: Mapping[str, Any], run_id: str | None = None) -> dic
         attrs["gen_ai.usage.output_tokens"] = int(billed["completion_tokens"])
     if record.get("http_status") is not None:
         attrs["http.response.status_code"] = int(record["http_status"])
+    if record.get("sent") is False:  # the connection failed before the request left: nothing sent
+        attrs["docingest.sent"] = False
+        attrs["docingest.tokens_not_sent"] = int(record.get("tokens_not_sent") or 0)
     chunks = record.get("chunks") or []
     if len(chunks) == 1:
         attrs["docingest.chunk.path"] = str(chunks[0][0])
