@@ -122,3 +122,41 @@ def test_corpus_real_run_counts_equal_server_usage_and_query_finds_the_page(tmp_
         ]:
             hits = search(heading, db=config.db, k=3, base_url=server.base_url, api_key="x")
             assert hits[0].path == page, (heading, hits[0])
+
+
+def test_a_text_repeated_after_its_answer_is_forecast_as_the_real_run_sends_it(tmp_path):
+    """a.md and z.md are the same page, 20 pages apart: by the time z.md is planned, a.md's
+    embedding was answered. The real run finds it in its knowledge base; the dry run must not
+    forecast it again."""
+    src = tmp_path / "src"
+    src.mkdir()
+    page = "# Shared page\n\n" + " ".join(f"shared{j}" for j in range(120)) + "\n"
+    (src / "a.md").write_text(page)
+    (src / "z.md").write_text(page)
+    for i in range(20):
+        (src / f"m{i:02d}.md").write_text(f"# Page {i}\n\n" + " ".join(f"w{i}x{j}" for j in range(80)) + "\n")
+    figures = {}
+    with OpenAIServer() as server:
+        for mode in ("dry", "real"):
+            result = ingest(
+                IngestConfig(
+                    source=src,
+                    report=tmp_path / f"{mode}.json",
+                    db=tmp_path / f"{mode}.sqlite",
+                    base_url=server.base_url,
+                    api_key="k",
+                    dry_run=mode == "dry",
+                    concurrency=1,
+                    embedding_batch_size=2,
+                )
+            )
+            agg = build_report(result.stats)["aggregated"]
+            figures[mode] = (
+                agg["total_api_calls_initiated"],
+                agg["total_tokens_sent_to_chat_model"],
+                agg["total_tokens_sent_to_embeddings"],
+                agg["cache_hits"],
+            )
+    assert figures["dry"] == figures["real"]
+    # z.md's embedding comes from a.md's (its summary differs: the prompt names the document)
+    assert figures["real"][3] == 1

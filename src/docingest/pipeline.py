@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import asyncio
 from collections import Counter
-from collections.abc import Awaitable, Callable, Iterator
+from collections.abc import Awaitable, Callable, Coroutine, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -120,6 +120,10 @@ class _Run:
         self._pending_embeddings: list[EmbeddingItem] = []
         self._max_in_flight = max(config.concurrency, 1) * 4
         self._counting_chars = 0  # characters in files whose accounting has not finished
+        # A dry run writes no knowledge base, where the real run finds what this run already got
+        # (a text repeated after its first request was answered): the dry run remembers the
+        # answered keys instead (64 bits of each), so that its forecast is the real run's.
+        self._answered: set[int] | None = None if self.writable else set()
         # requests in flight by content key, with the chunks waiting for the same result
         self._summary_waiters: dict[str, list[SummaryRequest]] = {}
         self._embedding_waiters: dict[str, list[EmbeddingItem]] = {}
@@ -190,9 +194,13 @@ class _Run:
         if self.kb is not None and self.writable:
             self.kb.set_document_tokens(doc.path, source_tokens, document_tokens)
 
-    async def _spawn(self, work: Awaitable[None]) -> None:
-        while len(self._tasks) >= self._max_in_flight:
-            await asyncio.wait(self._tasks, return_when=asyncio.FIRST_COMPLETED)
+    async def _spawn(self, work: Coroutine[Any, Any, None]) -> None:
+        try:
+            while len(self._tasks) >= self._max_in_flight:
+                await asyncio.wait(self._tasks, return_when=asyncio.FIRST_COMPLETED)
+        except BaseException:  # interrupted while waiting: the work never starts
+            work.close()
+            raise
         task: asyncio.Task[None] = asyncio.ensure_future(self._guard(work))
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
@@ -233,6 +241,13 @@ class _Run:
             for s, c in zip(stored, chunks, strict=True)
         )
 
+    def _remember_answer(self, key: str) -> None:
+        if self._answered is not None:
+            self._answered.add(int(key[:16], 16))
+
+    def _has_answer(self, key: str) -> bool:
+        return self._answered is not None and int(key[:16], 16) in self._answered
+
     def _cache_hit(self, chunk: Chunk, call_type: str, tokens: int, source: str) -> None:
         self.stats.record(
             {
@@ -271,7 +286,9 @@ class _Run:
         if waiters is not None:  # the same request is in flight: wait for its answer
             waiters.append(request)
             return
-        if self.kb is not None and self.kb.get_summary(request.key) is not None:
+        if self._has_answer(request.key) or (
+            self.kb is not None and self.kb.get_summary(request.key) is not None
+        ):
             self._link(request.chunk, summary_key=request.key)
             self._cache_hit(request.chunk, "chat_summary", request.prompt_tokens, "knowledge_base")
             return
@@ -303,6 +320,8 @@ class _Run:
             self._unsent(request.chunk, "chat_summary", request.prompt_tokens, _budget_reason(outcome.error))
         elif outcome.value is None:
             self._failed(outcome.error)
+        else:
+            self._remember_answer(request.key)
         for r in followers:
             if outcome.value is not None:
                 self._cache_hit(r.chunk, "chat_summary", r.prompt_tokens, "this_run")
@@ -340,6 +359,9 @@ class _Run:
             self.executor.write(outcome.records)
         for failure in outcome.failed:  # per request, however many inputs it carried
             self._failed(failure)
+        for item, (vector, _error) in zip(items, outcome.results, strict=True):
+            if vector is not None:
+                self._remember_answer(item.key)
         for item, (vector, error) in zip(items, outcome.results, strict=True):
             if vector is None and outcome.refused and error == self.budget.refused:
                 self._stop(error)
@@ -373,7 +395,7 @@ class _Run:
                 )
             elif (waiters := self._embedding_waiters.get(item.key)) is not None:
                 waiters.append(item)
-            elif self.kb is not None and self.kb.has_embedding(item.key):
+            elif self._has_answer(item.key) or (self.kb is not None and self.kb.has_embedding(item.key)):
                 self._link(item.chunk, embedding_key=item.key)
                 self._cache_hit(item.chunk, "create_embedding", item.tokens, "knowledge_base")
             else:
@@ -466,6 +488,14 @@ class _Run:
         for batch in batch_sizes(inputs, self.config.embedding_batch_size):
             fc.add(self.config.embedding_model, batch, 0, self.budget)
         return fc
+
+    async def cancel(self) -> None:
+        """Cancel the tasks still running and wait for them: a request in flight is recorded
+        (as interrupted, see ``AsyncRecordingTransport``) while the ledger is still open."""
+        tasks = list(self._tasks)
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
 
     async def aclose(self) -> None:
         for task in list(self._tasks):
@@ -584,6 +614,7 @@ async def aingest(
         status = "failed"
         raise
     finally:
+        await run.cancel()  # before the ledger closes
         stats.finish(status)
         if run.kb is not None and run.writable:
             run.kb.finish_run(
