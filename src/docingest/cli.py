@@ -147,7 +147,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def _ingest(args: argparse.Namespace, console: Console) -> int:
-    from docingest.config import IngestConfig, env_dry_run
+    from docingest.config import IngestConfig, env_dry_run, redact_url
     from docingest.console import ProgressView, print_summary
     from docingest.cost import PriceTable
     from docingest.pipeline import aingest
@@ -229,8 +229,8 @@ def _ingest(args: argparse.Namespace, console: Console) -> int:
             r.startswith(("APIConnectionError", "APITimeoutError")) for r in result.failures
         )
         hint = (
-            f"no request reached the API at {config.base_url or 'api.openai.com'}: check --base-url, "
-            "the network and --timeout"
+            f"no request reached the API at {redact_url(config.base_url or 'api.openai.com')}: check "
+            "--base-url, the network and --timeout"
             if unreachable
             else "see the findings above and error_details in the report; run the same command to retry "
             "them (finished work is not sent again)"

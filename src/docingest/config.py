@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import os
+import re
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit, urlunsplit
 
 from docingest.chunk import validate_chunking
 from docingest.discover import check_globs
@@ -15,6 +17,29 @@ from docingest.execute import ClientSettings, resolve_credentials
 from docingest.plan import CONTEXT_MODES, ContextMode
 
 TRUE_VALUES = {"1", "true", "yes"}
+REDACTED = "***"
+
+
+def redact_url(url: str) -> str:
+    """``url`` as it may be shown or recorded: the password of its userinfo (a lone user name too,
+    which is how tokens ride in URLs), every query value and the fragment replaced by ``***``,
+    e.g. ``http://user:***@127.0.0.1:8765/v1?api-key=***``. Requests use the URL itself."""
+    try:
+        parts = urlsplit(url)
+    except ValueError:  # e.g. an unclosed [ in the host: redact what looks like credentials
+        return re.sub(r"(?<=//)[^/@]*@", f"{REDACTED}@", url.split("?", 1)[0].split("#", 1)[0])
+    netloc = parts.netloc
+    if "@" in netloc:
+        userinfo, host = netloc.rsplit("@", 1)
+        user, sep, _password = userinfo.partition(":")
+        netloc = f"{user}:{REDACTED}@{host}" if sep else f"{REDACTED}@{host}"
+    query = "&".join(
+        f"{item.split('=', 1)[0]}={REDACTED}" if "=" in item else REDACTED
+        for item in parts.query.split("&")
+        if item
+    )
+    fragment = REDACTED if parts.fragment else ""
+    return urlunsplit((parts.scheme, netloc, parts.path, query, fragment))
 
 
 def env_dry_run(environ: Any = os.environ) -> bool:
@@ -61,7 +86,8 @@ class IngestConfig:
             raise ConfigError("--concurrency must be at least 1")
         if self.base_url is not None and not self.base_url.startswith(("http://", "https://")):
             raise ConfigError(
-                f"--base-url must be an http(s) URL such as http://127.0.0.1:8000/v1 (got {self.base_url!r}; "
+                f"--base-url must be an http(s) URL such as http://127.0.0.1:8000/v1 (got "
+                f"{redact_url(self.base_url)!r}; "
                 "OPENAI_BASE_URL sets it too)"
             )
         if self.summary_tokens < 1:
@@ -106,9 +132,12 @@ class IngestConfig:
         return settings
 
     def public(self) -> dict[str, Any]:
-        """The settings as they go into ledgers and reports: never the API key."""
+        """The settings as they go into ledgers, reports and the knowledge base: never the API key,
+        nor the secrets a base URL may carry (``redact_url``)."""
         data = asdict(self)
         data.pop("api_key", None)
+        if self.base_url is not None:
+            data["base_url"] = redact_url(self.base_url)
         return {
             k: (str(v) if isinstance(v, Path) else list(v) if isinstance(v, tuple) else v)
             for k, v in data.items()

@@ -9,6 +9,7 @@ import numpy as np
 import openai
 
 from docingest.account import StatsCollector
+from docingest.config import redact_url
 from docingest.errors import DocingestError
 from docingest.execute import ClientSettings, build_async_client
 from docingest.store import Hit, KnowledgeBase
@@ -48,7 +49,7 @@ async def asearch(
         try:
             response = await client.embeddings.create(model=embedding_model, input=[text])
         except openai.APIError as exc:
-            where = base_url or "the OpenAI API"
+            where = redact_url(base_url) if base_url else "the OpenAI API"
             raise DocingestError(
                 f"could not embed the query with {embedding_model} at {where}: {exc}"
             ) from exc
