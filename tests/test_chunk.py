@@ -44,3 +44,30 @@ def test_a_fence_that_fits_with_the_next_chunk_joins_it():
     chunks = Chunker(counter, chunk_tokens=200).chunk(doc)
     assert all(c.text.strip() != "```python" for c in chunks)
     assert sum("```python" in c.text for c in chunks) == 1
+
+
+def test_a_long_run_without_whitespace_is_cut_into_full_exact_chunks_in_order():
+    import random
+
+    from docingest.chunk import LONG_RUN_CHARS
+
+    rng = random.Random(7)
+    alphabet = "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/é日"
+    blob = "".join(rng.choice(alphabet) for _ in range(3 * LONG_RUN_CHARS + 123))
+    text = f"# Data\n\n{PROSE}\n\nsrc={blob}\n\n## After\n\n{PROSE}\n"
+    counter = TokenCounter("o200k_base")
+    doc = Document(path="d.md", kind="markdown", text=text, source_text=text, sha256="0")
+    chunks = Chunker(counter, chunk_tokens=256).chunk(doc)
+    for c in chunks:
+        assert c.text == text[c.start : c.end]
+        assert c.tokens == counter.count(c.text) <= 256
+    assert [c.start for c in chunks] == sorted(c.start for c in chunks)
+    run = [c for c in chunks if blob[100:140] in c.text or c.text in blob]
+    # the run is covered without a gap or an overlap, in chunks that fill most of their budget
+    joined = "".join(
+        c.text for c in chunks if c.start >= text.index("src=") and c.end <= text.index("\n\n## After")
+    )
+    assert joined == "src=" + blob
+    inner = [c for c in run if c.text in blob][:-1]  # the run's own pieces but its last
+    assert inner and all(c.tokens >= 200 for c in inner)
+    assert chunks[-1].heading_path == ("Data", "After")

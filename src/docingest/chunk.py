@@ -24,6 +24,11 @@ _SPLITTER_MODEL = {"o200k_base": "gpt-4o", "cl100k_base": "gpt-4"}
 _ATX = re.compile(r"^(#{1,6})[ \t]+(.+?)[ \t#]*$")
 _FENCE = re.compile(r"^(`{3,}|~{3,})")
 _RST_UNDERLINE = re.compile(r"^([=\-~^\"'`#*+:.<>_])\1{2,}\s*$")
+# A run of this many characters without whitespace (minified code, an inline blob) is cut by
+# docingest itself: the splitter's time grows with the square of such a run's length (a 1.5 MB
+# run took 86 s).
+LONG_RUN_CHARS = 16_384
+_LONG_RUN = re.compile(rf"\S{{{LONG_RUN_CHARS},}}")
 
 
 def validate_chunking(chunk_tokens: int, overlap_tokens: int) -> None:
@@ -122,11 +127,11 @@ class Chunker:
         markdown = doc.kind in ("markdown", "notebook")
         openers: set[int] = set()  # where a stub belongs with what follows: fence openers, headings
         if markdown:
-            pieces = self._markdown.chunk_indices(doc.text)
+            pieces = self._split(self._markdown, doc.text)
             headings, openers = markdown_outline(doc.text)
             openers |= {at for at, _, _ in headings}
         else:
-            pieces = self._text.chunk_indices(doc.text)
+            pieces = self._split(self._text, doc.text)
             headings = rst_headings(doc.text) if doc.kind == "rst" else []
         offsets, paths = heading_paths(headings)
         spans = [(start, start + len(text)) for start, text in pieces]
@@ -151,6 +156,37 @@ class Chunker:
                 )
             )
         return chunks
+
+    def _split(self, splitter: MarkdownSplitter | TextSplitter, text: str) -> list[tuple[int, str]]:
+        """The splitter's (offset, text) pieces; runs of ``LONG_RUN_CHARS`` or more characters
+        without whitespace are cut apart by :meth:`_cut_run` and the text around them split alone."""
+        runs = [m.span() for m in _LONG_RUN.finditer(text)] if len(text) >= LONG_RUN_CHARS else []
+        if not runs:
+            return list(splitter.chunk_indices(text))
+        out: list[tuple[int, str]] = []
+        at = 0
+        for start, end in [*runs, (len(text), len(text))]:
+            out += [(at + i, piece) for i, piece in splitter.chunk_indices(text[at:start])]
+            out += self._cut_run(text, start, end)
+            at = end
+        return out
+
+    def _cut_run(self, text: str, start: int, end: int) -> list[tuple[int, str]]:
+        """``text[start:end]`` in consecutive pieces of at most ``chunk_tokens`` tokens each (no
+        overlap), each as full as the tokenizer allows, in time linear in the run's length."""
+        out: list[tuple[int, str]] = []
+        step = self.chunk_tokens * 4  # characters; resized from each piece's density
+        a = start
+        while a < end:
+            b = min(end, a + step)
+            n = self.counter.count(text[a:b])
+            while n > self.chunk_tokens and b - a > 1:
+                b = a + max(1, (b - a) * self.chunk_tokens // (n + 1))
+                n = self.counter.count(text[a:b])
+            out.append((a, text[a:b]))
+            step = max(16, (b - a) * self.chunk_tokens * 15 // (16 * max(n, 1)))
+            a = b
+        return out
 
     # -- stubs: chunks with nothing to summarize or find ---------------------------------------------
     def _mend(
