@@ -160,3 +160,28 @@ def test_a_text_repeated_after_its_answer_is_forecast_as_the_real_run_sends_it(t
     assert figures["dry"] == figures["real"]
     # z.md's embedding comes from a.md's (its summary differs: the prompt names the document)
     assert figures["real"][3] == 1
+
+
+def test_a_real_run_refuses_to_start_while_another_writes_its_knowledge_base(tmp_path):
+    """While one run writes a knowledge base (here: its lock held, as a running docingest holds
+    it), another real run on it refuses to start; a dry run still forecasts."""
+    import fcntl
+
+    from docingest.errors import ConfigError
+
+    db = tmp_path / "kb.sqlite"
+    with OpenAIServer() as server:
+        config = IngestConfig(
+            source=SAMPLE, report=tmp_path / "r.json", db=db, base_url=server.base_url, api_key="k"
+        )
+        with open(tmp_path / "kb.sqlite.lock", "a+") as held:
+            fcntl.flock(held, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            held.write("pid 4242")
+            held.flush()
+            with pytest.raises(ConfigError, match=r"another docingest run \(pid 4242\) is writing"):
+                ingest(config)
+            assert server.requests == []
+            dry = ingest(IngestConfig(source=SAMPLE, report=tmp_path / "d.json", db=db, dry_run=True))
+            assert dry.stats.aggregated()["total_api_calls_initiated"] > 0
+        result = ingest(config)  # the lock released: the run goes on
+        assert result.stats.aggregated()["total_failed_calls"] == 0 and server.requests

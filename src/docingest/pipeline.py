@@ -7,9 +7,10 @@ to the knowledge base.
 from __future__ import annotations
 
 import asyncio
+import os
 from collections import Counter
 from collections.abc import Awaitable, Callable, Coroutine, Iterator
-from contextlib import contextmanager
+from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -560,8 +561,53 @@ async def aingest(
     With a budget (``max_tokens``, ``max_cost``) the whole plan is forecast first and the run
     refuses to start (:class:`BudgetExceeded`) when the forecast is over it; during the run, a
     request that would cross it is not sent and the run stops (``RunResult.stopped``).
+    A real run refuses to start (:class:`ConfigError`) while another one writes the same knowledge base.
     """
     config.validate()
+    with nullcontext() if config.dry_run else _writer_lock(config.db):
+        return await _aingest(
+            config, transport=transport, sim_options=sim_options, on_progress=on_progress, run_id=run_id
+        )
+
+
+@contextmanager
+def _writer_lock(db: Path) -> Iterator[None]:
+    """One run at a time writes a knowledge base (two at once would both send everything): an
+    advisory lock on ``DB.lock``, released when the run ends, however it ends."""
+    try:
+        import fcntl
+    except ImportError:  # not POSIX: no lock
+        yield
+        return
+    db.parent.mkdir(parents=True, exist_ok=True)
+    with open(db.with_name(db.name + ".lock"), "a+", encoding="utf-8") as fh:
+        try:
+            fcntl.flock(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            fh.seek(0)
+            holder = fh.read().strip() or "another process"
+            raise ConfigError(
+                f"another docingest run ({holder}) is writing {db}: wait for it to end, or give this "
+                "run another --db"
+            ) from None
+        fh.seek(0)
+        fh.truncate()
+        fh.write(f"pid {os.getpid()}")
+        fh.flush()
+        try:
+            yield
+        finally:
+            fcntl.flock(fh, fcntl.LOCK_UN)
+
+
+async def _aingest(
+    config: IngestConfig,
+    *,
+    transport: httpx2.AsyncBaseTransport | None,
+    sim_options: SimOptions | None,
+    on_progress: ProgressHook | None,
+    run_id: str | None,
+) -> RunResult:
     forecast: Forecast | None = None
     if config.max_tokens is not None or config.max_cost is not None:
         forecast = await aforecast(config, transport=transport, sim_options=sim_options)
