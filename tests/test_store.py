@@ -179,11 +179,15 @@ def test_open_creates_parent_dirs_and_sets_pragmas(tmp_path):
         assert [row[0] for row in raw(kb, "SELECT name FROM _migrations")] == ["m001_initial"]
 
 
-def test_a_file_that_is_not_a_database_is_a_config_error(tmp_path):
+@pytest.mark.parametrize("readonly", [False, True])
+def test_a_file_that_is_not_a_database_is_a_schema_error(tmp_path, readonly):
     path = tmp_path / "kb.sqlite"
     path.write_bytes(b"this is not sqlite" * 100)
-    with pytest.raises(ConfigError, match="pass --db"):
-        KnowledgeBase(path)
+    # not a ConfigError: a dry run (read-only) forecasts without a cache when there is no knowledge base
+    # yet (ConfigError), but refuses a file that is not one
+    with pytest.raises(SchemaError, match="it is not a docingest knowledge base; pass --db"):
+        KnowledgeBase(path, readonly=readonly)
+    assert path.read_bytes() == b"this is not sqlite" * 100
 
 
 # -- runs -----------------------------------------------------------------------------------

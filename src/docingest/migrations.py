@@ -44,6 +44,18 @@ def applied_migrations(conn: sqlite3.Connection) -> list[str]:
     return [row[0] for row in conn.execute("SELECT name FROM _migrations ORDER BY seq")]
 
 
+def check_known(conn: sqlite3.Connection, known: Sequence[str]) -> list[str]:
+    """The migrations ``conn`` has recorded; :class:`SchemaError` when one is not in ``known``."""
+    recorded = applied_migrations(conn)
+    unknown = [name for name in recorded if name not in known]
+    if unknown:
+        raise SchemaError(
+            f"the knowledge base has schema migrations this docingest does not know ({', '.join(unknown)}): "
+            "it was written by a newer version; upgrade docingest or point --db at another file"
+        )
+    return recorded
+
+
 def migrate(conn: sqlite3.Connection, migrations: Sequence[MigrationFunc] = MIGRATIONS) -> list[str]:
     """Apply the migrations ``conn`` has not recorded yet, in order; return the names applied.
 
@@ -61,12 +73,7 @@ def migrate(conn: sqlite3.Connection, migrations: Sequence[MigrationFunc] = MIGR
             ")"
         ),
     )
-    unknown = [name for name in applied_migrations(conn) if name not in known]
-    if unknown:
-        raise SchemaError(
-            f"the knowledge base has schema migrations this docingest does not know ({', '.join(unknown)}): "
-            "it was written by a newer version; upgrade docingest or point --db at another file"
-        )
+    check_known(conn, known)
     applied: list[str] = []
     for func in migrations:
 

@@ -81,6 +81,35 @@ def load_report(path: Path) -> dict[str, Any]:
         raise LedgerError(f"cannot read report {path}: {exc}") from exc
     if not isinstance(data, dict) or data.get("schema_version") is None:
         raise LedgerError(f"{path} is not a docingest report (no schema_version)")
+    schema = report_schema()
+    version = schema["properties"]["schema_version"]["const"]
+    if data["schema_version"] != version or isinstance(data["schema_version"], bool):
+        raise LedgerError(
+            f"{path} is a report of schema_version {data['schema_version']!r}; this docingest reads "
+            f"version {version}: upgrade docingest, or rebuild the report from its ledger "
+            "(docingest report LEDGER.jsonl)"
+        )
+    import jsonschema
+
+    # checked against the schema: all but the files (the bulk), which need their figures
+    files = data.get("files")
+    try:
+        jsonschema.validate({**data, "files": {}}, schema)
+        if not isinstance(files, dict):
+            raise jsonschema.ValidationError(f"{files!r:.40} is not of type 'object'", path=["files"])
+        required = schema["properties"]["files"]["additionalProperties"]["required"]
+        for name, view in files.items():
+            missing = [key for key in required if not isinstance(view, dict) or key not in view]
+            if missing:
+                raise jsonschema.ValidationError(
+                    f"{missing[0]!r} is a required property", path=["files", name]
+                )
+    except jsonschema.ValidationError as exc:
+        where = "/".join(str(part) for part in exc.absolute_path) or "top level"
+        raise LedgerError(
+            f"{path} is not a complete docingest report ({where}: {exc.message}): rebuild it from its "
+            "ledger (docingest report LEDGER.jsonl)"
+        ) from exc
     return data
 
 

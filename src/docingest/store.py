@@ -26,8 +26,8 @@ from typing import Any
 import numpy as np
 import numpy.typing as npt
 
-from docingest.errors import ConfigError
-from docingest.migrations import migrate
+from docingest.errors import ConfigError, SchemaError
+from docingest.migrations import MIGRATIONS, check_known, migrate
 from docingest.models import Chunk, Document
 
 Vector = Sequence[float] | npt.NDArray[np.floating[Any]]
@@ -102,8 +102,17 @@ class KnowledgeBase:
                 conn.execute("PRAGMA synchronous = NORMAL")
                 conn.execute("PRAGMA foreign_keys = ON")
                 migrate(conn)
+            else:  # reads the file: one that is not SQLite fails here, not at its first query
+                known = [func.__name__ for func in MIGRATIONS]
+                if check_known(conn, known) != known:  # no tables yet: a dry run reads no cache
+                    raise ConfigError(f"the knowledge base at {self.path} has not been created yet")
         except sqlite3.DatabaseError as exc:
             conn.close()
+            if not isinstance(exc, sqlite3.OperationalError):  # not a database, or a damaged one
+                raise SchemaError(
+                    f"cannot use the knowledge base at {self.path} ({exc}): it is not a docingest "
+                    "knowledge base; pass --db with the path of a new file"
+                ) from exc
             raise ConfigError(
                 f"cannot use the knowledge base at {self.path} ({exc}): if another docingest is "
                 "writing to it, wait for it to finish; otherwise pass --db with the path of a new file"

@@ -1,0 +1,127 @@
+"""Files that are not what a flag expects are refused with exit 2 and a one-line message naming them."""
+
+from __future__ import annotations
+
+import io
+import json
+import sqlite3
+from pathlib import Path
+
+import pytest
+from rich.console import Console
+
+from docingest.cli import main
+
+ROOT = Path(__file__).resolve().parents[1]
+SAMPLE = ROOT / "examples" / "sample-docs"
+
+
+@pytest.fixture(autouse=True)
+def _no_credentials(monkeypatch: pytest.MonkeyPatch) -> None:
+    for name in ("OPENAI_API_KEY", "OPENAI_BASE_URL", "DRY_RUN"):
+        monkeypatch.delenv(name, raising=False)
+
+
+def _main(argv: list[str]) -> int:
+    return main(argv, console=Console(file=io.StringIO(), width=120))
+
+
+def _error_line(capsys: pytest.CaptureFixture[str]) -> str:
+    err = capsys.readouterr().err
+    assert "Traceback" not in err and err.count("\n") == 1 and err.startswith("error: ")
+    return err.strip()
+
+
+@pytest.mark.parametrize("dry_run", [True, False])
+def test_a_db_that_is_not_sqlite_is_refused_with_or_without_dry_run(tmp_path, capsys, dry_run):
+    db = tmp_path / "garbage.sqlite"
+    db.write_text("root:x:0:0:root:/root:/bin/bash\n" * 40)
+    argv = ["ingest", str(SAMPLE), "--db", str(db), "--report", str(tmp_path / "r.json")]
+    argv += ["--dry-run"] if dry_run else ["--base-url", "http://127.0.0.1:9/v1"]
+    assert _main(argv) == 2
+    assert _error_line(capsys) == (
+        f"error: cannot use the knowledge base at {db} (file is not a database): it is not a docingest "
+        "knowledge base; pass --db with the path of a new file"
+    )
+    assert db.read_text() == "root:x:0:0:root:/root:/bin/bash\n" * 40
+
+
+def test_a_dry_run_reads_an_empty_db_file_as_an_empty_cache(tmp_path):
+    db = tmp_path / "kb.sqlite"
+    db.touch()  # SQLite takes an empty file for an empty database: no tables to read the cache from
+    assert (
+        _main(["ingest", str(SAMPLE), "--dry-run", "--db", str(db), "--report", str(tmp_path / "r.json")])
+        == 0
+    )
+    report = json.loads((tmp_path / "r.json").read_text())
+    assert report["aggregated"]["total_failed_calls"] == 0 and report["aggregated"]["chunks"] > 0
+    assert db.stat().st_size == 0
+
+
+def test_a_dry_run_refuses_a_db_of_a_newer_docingest(tmp_path, capsys):
+    db = tmp_path / "kb.sqlite"
+    assert (
+        _main(["ingest", str(SAMPLE), "--db", str(db), "--dry-run", "--report", str(tmp_path / "a.json")])
+        == 0
+    )
+    with sqlite3.connect(db) as conn:  # a database with a migration from the future
+        conn.execute("CREATE TABLE _migrations (seq INTEGER PRIMARY KEY, name TEXT, applied_at TEXT)")
+        conn.execute("INSERT INTO _migrations (name) VALUES ('m001_initial'), ('m999_future')")
+    capsys.readouterr()
+    assert (
+        _main(["ingest", str(SAMPLE), "--db", str(db), "--dry-run", "--report", str(tmp_path / "b.json")])
+        == 2
+    )
+    assert _error_line(capsys) == (
+        "error: the knowledge base has schema migrations this docingest does not know (m999_future): "
+        "it was written by a newer version; upgrade docingest or point --db at another file"
+    )
+
+
+@pytest.mark.parametrize("command", ["analyze", "compare"])
+def test_a_report_of_another_schema_version_is_refused(tmp_path, capsys, command):
+    v99 = tmp_path / "v99.json"
+    v99.write_text('{"schema_version": 99}')
+    assert _main([command, str(v99)] + ([str(v99)] if command == "compare" else [])) == 2
+    assert _error_line(capsys) == (
+        f"error: {v99} is a report of schema_version 99; this docingest reads version 1: upgrade docingest, "
+        "or rebuild the report from its ledger (docingest report LEDGER.jsonl)"
+    )
+
+
+def test_the_report_command_refuses_a_report_given_as_a_ledger(tmp_path, capsys):
+    v99 = tmp_path / "v99.json"
+    v99.write_text('{"schema_version": 99}')
+    assert _main(["report", str(v99)]) == 2
+    assert _error_line(capsys) == f"error: {v99}:1: not a docingest ledger record"
+
+
+@pytest.mark.parametrize(
+    ("edit", "where"),
+    [
+        (lambda r: r.pop("aggregated"), "top level: 'aggregated' is a required property"),
+        (
+            lambda r: r["aggregated"].pop("total_tokens_from_raw_docs"),
+            "aggregated: 'total_tokens_from_raw_docs'",
+        ),
+        (lambda r: r.update(files=[]), "files: [] is not of type 'object'"),
+        (
+            lambda r: r["files"]["README.md"].pop("chunk_count"),
+            "files/README.md: 'chunk_count' is a required",
+        ),
+    ],
+)
+def test_an_incomplete_report_is_refused_by_analyze_and_compare(tmp_path, capsys, edit, where):
+    good = tmp_path / "good.json"
+    assert _main(["ingest", str(SAMPLE), "--dry-run", "--report", str(good)]) == 0
+    report = json.loads(good.read_text())
+    edit(report)
+    bad = tmp_path / "bad.json"
+    bad.write_text(json.dumps(report))
+    capsys.readouterr()
+    for argv in (["analyze", str(bad)], ["compare", str(good), str(bad)]):
+        assert _main(argv) == 2
+        line = _error_line(capsys)
+        assert line.startswith(f"error: {bad} is not a complete docingest report ({where}")
+        assert line.endswith("): rebuild it from its ledger (docingest report LEDGER.jsonl)")
+    assert _main(["analyze", str(good)]) == 0
