@@ -125,3 +125,45 @@ def test_an_incomplete_report_is_refused_by_analyze_and_compare(tmp_path, capsys
         assert line.startswith(f"error: {bad} is not a complete docingest report ({where}")
         assert line.endswith("): rebuild it from its ledger (docingest report LEDGER.jsonl)")
     assert _main(["analyze", str(good)]) == 0
+
+
+@pytest.mark.parametrize(
+    ("entry", "shown"),
+    [
+        ('{"input": 1e308, "output": 1e308}', "'input' 1e+308"),
+        ('{"input": 0.15, "output": -0.6}', "'output' -0.6"),
+        ('{"input": NaN, "output": 0.6}', "'input' nan"),
+        ('{"input": 0.15, "cached_input": Infinity, "output": 0.6}', "'cached_input' inf"),
+        ('{"input": 1000001, "output": 0.6}', "'input' 1000001"),
+        ('{"input": true, "output": 0.6}', "'input' True"),
+    ],
+)
+def test_a_price_file_with_a_price_that_is_not_real_is_refused_before_any_work(
+    tmp_path, capsys, entry, shown
+):
+    prices = tmp_path / "prices.json"
+    prices.write_text(f'{{"gpt-4o-mini": {entry}}}')
+    out = tmp_path / "out"
+    argv = ["ingest", str(SAMPLE), "--dry-run", "--price-file", str(prices), "--max-cost", "100"]
+    assert _main([*argv, "--report", str(out / "r.json")]) == 2
+    message = (
+        f"error: price file {prices}: model 'gpt-4o-mini' has {shown}: a price is a number of USD per "
+        "million tokens from 0 to 1,000,000"
+    )
+    assert _error_line(capsys) == message
+    assert not out.exists()  # no ledger, no report
+    good = tmp_path / "good.json"
+    assert _main(["ingest", str(SAMPLE), "--dry-run", "--report", str(good)]) == 0
+    capsys.readouterr()
+    assert _main(["analyze", str(good), "--price-file", str(prices)]) == 2
+    assert _error_line(capsys) == message
+
+
+def test_a_price_of_zero_and_the_highest_price_are_accepted(tmp_path):
+    from docingest.cost import load_price_file
+
+    prices = tmp_path / "prices.json"
+    prices.write_text('{"free": {"input": 0, "output": 0}, "dear": {"input": 1000000, "output": 1e6}}')
+    loaded = load_price_file(prices)
+    assert (loaded["free"].input, loaded["free"].output) == (0.0, 0.0)
+    assert (loaded["dear"].input, loaded["dear"].output, loaded["dear"].cached_input) == (1e6, 1e6, None)

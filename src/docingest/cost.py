@@ -20,6 +20,9 @@ from typing import Any
 from docingest.errors import ConfigError
 
 MTOK = 1_000_000
+#: The highest price a price file may give, in USD per million tokens: more is a typo (or 1e308), and
+#: non-finite or negative prices are refused too, so every cost docingest prints is a real amount.
+MAX_PRICE = 1_000_000
 
 
 @dataclass(frozen=True, slots=True)
@@ -99,6 +102,14 @@ def load_price_file(path: Path) -> dict[str, Price]:
                 f"price file {path}: model {model!r} needs numeric 'input' (and optionally "
                 f"'cached_input', 'output'), in USD per million tokens ({exc})"
             ) from exc
+        for name in ("input", "cached_input", "output"):
+            value = entry.get(name)
+            price = getattr(prices[model], name)
+            if isinstance(value, bool) or (price is not None and not 0 <= price <= MAX_PRICE):
+                raise ConfigError(
+                    f"price file {path}: model {model!r} has {name!r} {value!r}: a price is a number of "
+                    f"USD per million tokens from 0 to {MAX_PRICE:,}"
+                )
     return prices
 
 
