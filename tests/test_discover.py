@@ -351,3 +351,26 @@ def test_sample_docs_tree() -> None:
         ("docs/tutorial.ipynb", "notebook"),
     ]
     assert sum(f.stat().st_size for f in SAMPLE_DOCS.rglob("*") if f.is_file()) < 200_000
+
+
+def test_an_include_that_names_a_lockfile_or_generated_file_loads_it_and_a_wildcard_does_not(
+    tmp_path: Path,
+) -> None:
+    (tmp_path / "docs").mkdir()
+    (tmp_path / "docs" / "package-lock.json").write_text('{"lockfileVersion": 3}\n')
+    (tmp_path / "docs" / "prebuilt.md").write_text("# Prebuilt\n\nAutomatically generated. Do not edit.\n")
+
+    def outcome(*include: str) -> dict[str, str]:
+        return {
+            item.path: item.reason if isinstance(item, Skipped) else "loaded"
+            for item in discover(tmp_path, include=list(include))
+        }
+
+    named = {"docs/package-lock.json": "loaded", "docs/prebuilt.md": "loaded"}
+    assert outcome("docs/package-lock.json", "docs/prebuilt.md") == named
+    assert outcome("/docs/package-lock.json", "prebuilt.md") == named  # rooted path; a name at any depth
+    assert outcome("docs/*", "**/*.md") == {
+        "docs/package-lock.json": "lockfile",
+        "docs/prebuilt.md": "generated",
+    }
+    assert outcome("*.md") == {"docs/package-lock.json": "lockfile", "docs/prebuilt.md": "generated"}

@@ -21,7 +21,8 @@ will not be. Rules, in the order they apply:
    globs are selected, whatever their extension. Globs use gitignore syntax and are matched
    against the POSIX path relative to the root. Unselected files are not reported, except
    lockfiles (``lockfile``) and minified bundles or source maps (``minified``), which are
-   always reported so the report shows what was avoided.
+   always reported so the report shows what was avoided. An include glob without a wildcard
+   names files: those are loaded even if lockfiles, minified or generated (rule 6).
 5. ``exclude`` globs win over everything above: a file that would have been selected or
    reported is reported as ``excluded``.
    A glob that can never match (``[`` never closed, a trailing ``\\``, a ``#`` comment, empty) is
@@ -139,6 +140,12 @@ def discover(
         exclude=_spec(exclude),
         extensions=frozenset(e.lower() if e.startswith(".") else "." + e.lower() for e in extensions),
         max_file_bytes=max_file_bytes,
+        # "a/b.json" and "/b.json" name a path from the root; "b.json" a file name at any depth
+        named=frozenset(
+            g.strip().lstrip("/") if "/" in g.strip() else "/" + g.strip()
+            for g in include
+            if not _WILDCARD.search(g)
+        ),
     )
     listing = _git_listing(base) if use_git else None
     entries = _from_git(listing) if listing is not None else _walk(base)
@@ -165,11 +172,19 @@ class _Selector:
         exclude: pathspec.GitIgnoreSpec | None,
         extensions: frozenset[str],
         max_file_bytes: int,
+        named: frozenset[str] = frozenset(),
     ) -> None:
         self.include = include
         self.exclude = exclude
         self.extensions = extensions
         self.max_file_bytes = max_file_bytes
+        #: --include globs without a wildcard: the files they name are loaded even if lockfiles,
+        #: minified or generated, because the user asked for those very files
+        self.named = named
+
+    def names(self, rel: str) -> bool:
+        """Whether an --include glob names ``rel`` itself (a path, or a file name at any depth)."""
+        return rel in self.named or ("/" + rel.rsplit("/", 1)[-1]) in self.named
 
     def selected(self, rel: str) -> bool:
         if self.include is not None:
@@ -178,6 +193,9 @@ class _Selector:
 
     def excluded(self, rel: str) -> bool:
         return self.exclude is not None and self.exclude.match_file(rel)
+
+
+_WILDCARD = re.compile(r"[*?\[\\!]")
 
 
 def _spec(globs: Sequence[str]) -> pathspec.GitIgnoreSpec | None:
@@ -386,7 +404,7 @@ def _classify(base: Path, rel: str, selector: _Selector) -> SourceFile | Skipped
     if not wanted or stat.S_ISDIR(st.st_mode):  # a directory: e.g. a submodule git lists as a path
         return None
     size = st.st_size
-    if notable is not None:
+    if notable is not None and not selector.names(rel):
         return Skipped(rel, notable, size=size)
     if not stat.S_ISREG(st.st_mode):
         return Skipped(rel, "unreadable", "not a regular file", size=size)
@@ -404,7 +422,7 @@ def _classify(base: Path, rel: str, selector: _Selector) -> SourceFile | Skipped
     if _is_binary(head):
         return Skipped(rel, "binary", "binary content", size=size)
     marker = _GENERATED_MARKER.search(head[:GENERATED_PROBE_BYTES].decode("utf-8", errors="replace"))
-    if marker is not None:
+    if marker is not None and not selector.names(rel):
         return Skipped(rel, "generated", f"marker {marker.group(0)!r} in the first 1 KB", size=size)
     return SourceFile(path=rel, abspath=target, size=size, kind=kind_for(rel))
 

@@ -232,7 +232,8 @@ def _skipped_generated(report: dict[str, Any], flow: Flow, total: int) -> list[d
             avoided,
             f"{len(rows)} lockfile(s), minified or generated file(s) skipped ({names})"
             + (f": {avoided:,} tokens avoided" if avoided is not None else ""),
-            "nothing to do: discovery skips them; an --include glob that selects them would send them",
+            "nothing to do: discovery skips them; an --include naming one (its path, no wildcard) "
+            "would send it",
             avoided_tokens=avoided,
             files=[
                 {
