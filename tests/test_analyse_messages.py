@@ -180,6 +180,12 @@ def test_budget_stop_unsent_requests_say_budget_and_how_to_go_on(tmp_path: Path)
     assert f["evidence"]["by_reason"] == by_reason
     assert f["tokens"] == by_reason["budget"]["tokens"] > 0 and f["cost_kind"] == "not_sent"
     assert "budget" in f["summary"] and "refuse" not in f["summary"]
+    # counted per chunk and call type: summaries and embedding inputs, not HTTP requests
+    n = by_reason["budget"]["requests"]
+    assert (
+        f"{n:,} chunk summary or embedding input(s) ({by_reason['budget']['tokens']:,} tokens)"
+        in f["summary"]
+    )
     assert f["fix"].startswith("run the same command again with a larger --max-tokens/--max-cost")
     assert "--chunk-tokens" not in f["fix"]
     # a 429 whose retry the budget held back did not fail for good: no "raise --max-retries" advice

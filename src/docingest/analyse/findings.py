@@ -581,8 +581,9 @@ def _unsent(report: dict[str, Any], flow: Flow, total: int) -> list[dict[str, An
             other["requests"] += n - sum(e["requests"] for e in by_reason.values())
     kinds = sorted(by_reason, key=lambda k: -by_reason[k]["requests"])
     parts = [
-        f"{by_reason[k]['requests']:,} request(s) ({by_reason[k]['tokens']:,} tokens) were not sent: "
-        + _UNSENT.get(k, _UNSENT["other"])[0]
+        # one per chunk and call type: a summary request, or one input of an embeddings batch
+        f"{by_reason[k]['requests']:,} chunk summary or embedding input(s) ({by_reason[k]['tokens']:,} "
+        "tokens) were not sent: " + _UNSENT.get(k, _UNSENT["other"])[0]
         for k in kinds
     ]
     fixes = [
