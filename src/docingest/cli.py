@@ -4,11 +4,13 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import os
+import signal
 import sys
-from collections.abc import Sequence
+from collections.abc import Awaitable, Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any, TypeVar
 
 from rich.console import Console
 from rich.markup import escape
@@ -16,6 +18,12 @@ from rich.text import Text
 
 from docingest import __version__
 from docingest.errors import BudgetExceeded, DocingestError
+
+if TYPE_CHECKING:
+    from docingest.account import StatsCollector
+    from docingest.pipeline import Progress, RunResult
+
+T = TypeVar("T")
 
 
 def _add_output_args(p: argparse.ArgumentParser) -> None:
@@ -147,7 +155,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def _ingest(args: argparse.Namespace, console: Console) -> int:
-    from docingest.config import IngestConfig, env_dry_run, redact_url
+    from docingest.config import IngestConfig, default_report_path, env_dry_run, redact_url
     from docingest.console import ProgressView, print_summary
     from docingest.cost import PriceTable
     from docingest.pipeline import aingest
@@ -181,27 +189,52 @@ def _ingest(args: argparse.Namespace, console: Console) -> int:
         max_cost=args.max_cost,
         price_file=args.price_file,
     )
-    with ProgressView(console) as view:
-        try:
-            result = asyncio.run(aingest(config, on_progress=view.update))
-        except KeyboardInterrupt:
-            console.print(
-                "interrupted: the ledger beside the report keeps every call made so far "
-                "(docingest report LEDGER.jsonl rebuilds the report); run the same command to go on: "
-                "finished work is not sent again"
-            )
-            return 130
-    # streamed from the ledger when the run is too large to hold its chunk details in memory
     prices = PriceTable.from_file(config.price_file)  # the prices --max-cost was checked with
-    report = write_run_report(result.stats, result.report_path, prices=prices)
-    from docingest.otel import export_if_enabled
 
-    export_if_enabled(result.ledger_path, explicit=args.otel)
-    if args.html:
-        from docingest.html import write_html
+    def write_outputs(
+        stats: StatsCollector, report_path: Path, ledger_path: Path, *, otel: bool
+    ) -> dict[str, Any]:
+        # streamed from the ledger when the run is too large to hold its chunk details in memory
+        report = write_run_report(stats, report_path, prices=prices)
+        if otel:
+            from docingest.otel import export_if_enabled
 
-        write_html(report, args.html)
-    print_summary(console, report, report_path=result.report_path, ledger_path=result.ledger_path)
+            export_if_enabled(ledger_path, explicit=args.otel)
+        if args.html:
+            from docingest.html import write_html
+
+            write_html(report, args.html)
+        print_summary(console, report, report_path=report_path, ledger_path=ledger_path)
+        return report
+
+    started: list[StatsCollector] = []  # the run's collector once it has one: an interrupt reports it
+
+    def on_progress(progress: Progress, stats: StatsCollector) -> None:
+        if not started:
+            started.append(stats)
+        view.update(progress, stats)
+
+    terminated: list[int] = []
+    result: RunResult | None = None
+    with ProgressView(console) as view, contextlib.suppress(KeyboardInterrupt, asyncio.CancelledError):
+        result = asyncio.run(_cancel_on_sigterm(aingest(config, on_progress=on_progress), terminated))
+    if result is None:  # interrupted: the run's ledger is complete (run_end included)
+        how = "terminated (SIGTERM)" if terminated else "interrupted"
+        stats = started[0] if started else None
+        if stats is None or stats.ledger_path is None:
+            console.print(f"{how} before any request was sent", highlight=False)
+        else:
+            report_path = config.report or default_report_path(stats.run_id)
+            write_outputs(stats, report_path, stats.ledger_path, otel=False)
+            console.print(
+                f"{how}: the ledger {stats.ledger_path} keeps every call made so far, those cut off in "
+                "flight included (failed, and counted as sent: the API may have received them), and the "
+                f"report {report_path} was written from it; run the same command to go on: finished work "
+                "is not sent again",
+                highlight=False,
+            )
+        return 128 + signal.SIGTERM if terminated else 130
+    report = write_outputs(result.stats, result.report_path, result.ledger_path, otel=True)
     if result.stopped is not None:
         console.print(
             f"stopped before the end: {result.stopped}; the work done is stored: run the same command "
@@ -238,6 +271,29 @@ def _ingest(args: argparse.Namespace, console: Console) -> int:
         console.print(f"{failed:,} request(s) failed for good ({reasons}): {hint}", highlight=False)
         return 4
     return 0
+
+
+async def _cancel_on_sigterm(work: Awaitable[T], terminated: list[int]) -> T:
+    """Await ``work`` with SIGTERM doing what Ctrl-C does under ``asyncio.run``: cancel it, so
+    that its cleanup runs (requests in flight recorded, ``run_end`` written, the run's status
+    stored). ``terminated`` gets the signal's number. A second SIGTERM is ignored: the cleanup
+    is short, and a supervisor that will not wait sends SIGKILL."""
+    loop = asyncio.get_running_loop()
+    task = asyncio.current_task()
+
+    def on_sigterm() -> None:
+        if not terminated and task is not None:
+            terminated.append(signal.SIGTERM)
+            task.cancel()
+
+    try:
+        loop.add_signal_handler(signal.SIGTERM, on_sigterm)
+    except (ValueError, RuntimeError, NotImplementedError):  # not the main thread, or Windows
+        return await work
+    try:
+        return await work
+    finally:
+        loop.remove_signal_handler(signal.SIGTERM)
 
 
 def _nothing_included(source: Path, include: Sequence[str], report: dict[str, Any]) -> str:
@@ -361,6 +417,19 @@ def _compare(args: argparse.Namespace, console: Console) -> int:
     return 0
 
 
+def _check_paths(args: argparse.Namespace) -> None:
+    """Outputs that would overwrite each other, an input or a file docingest did not write: refused."""
+    from docingest.config import check_outputs
+    from docingest.report import is_html_file, is_report_file
+
+    flags = ("report", "html", "ledger", "json") + (("db",) if args.command == "ingest" else ())
+    outputs = {f"--{name}": getattr(args, name, None) for name in flags}
+    inputs = {"--price-file": getattr(args, "price_file", None)}
+    inputs |= {"LEDGER.jsonl": getattr(args, "ledgers", None), "REPORT.json": getattr(args, "runs", None)}
+    inputs |= {"BEFORE": getattr(args, "before", None), "AFTER": getattr(args, "after", None)}
+    check_outputs(outputs, inputs, replaceable={"--report": is_report_file, "--html": is_html_file})
+
+
 def main(argv: Sequence[str] | None = None, *, console: Console | None = None) -> int:
     args = build_parser().parse_args(argv)
     out = console or Console(stderr=False)
@@ -374,6 +443,7 @@ def main(argv: Sequence[str] | None = None, *, console: Console | None = None) -
         "trace": _trace,
     }
     try:
+        _check_paths(args)
         code: int = handlers[args.command](args, out)
     except BudgetExceeded as exc:
         err.print(Text.assemble(("over budget:", "bold red"), f" {exc}"), highlight=False, soft_wrap=True)

@@ -3,7 +3,8 @@
 ``RecordingTransport`` / ``AsyncRecordingTransport`` wrap any inner transport and write one
 ledger record per HTTP attempt (retries made by the SDK pass through here one by one), with the
 prompt tokens counted *before* the request leaves; an attempt that never left (connection
-refused, DNS failure, connect timeout) is recorded with ``sent: false`` and no token sent.
+refused, DNS failure, connect timeout) is recorded with ``sent: false`` and no token sent; one
+cut off by an interrupt (Ctrl-C, SIGTERM, a cancelled task) is a failed attempt counted as sent.
 ``DryRunTransport`` answers in place of the network with what the API would answer
 (``docingest.simulate``), errors included, so a dry run runs every line of the SDK's request
 building and response parsing.
@@ -11,6 +12,7 @@ building and response parsing.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import re
@@ -25,7 +27,7 @@ from typing import Any
 import httpx2
 
 from docingest.account import CallInfo, ChunkShare, StatsCollector, current_call, current_chunk
-from docingest.errors import failed_before_sending
+from docingest.errors import LedgerError, failed_before_sending
 from docingest.ratelimit import WAIT_EXTENSION
 from docingest.simulate import SimOptions, respond
 from docingest.tokens import TokenCounter, encoding_name_for_model
@@ -53,6 +55,7 @@ _SKIP_FRAMES = (
 
 NOT_SENT_NOTE = "nothing was sent: the connection failed before the request left this machine"
 MAYBE_BILLED_NOTE = "counted as sent: the API may have received the request, and billed it"
+INTERRUPTED = "interrupted in flight (Ctrl-C, SIGTERM or a cancelled task)"
 
 
 def _os_reason(exc: BaseException) -> str | None:
@@ -265,7 +268,8 @@ class _Recorder:
         return 0
 
     def failed(self, pending: _Pending, exc: BaseException) -> None:
-        """Record an attempt that got no HTTP answer (refused, dropped, timed out).
+        """Record an attempt that got no HTTP answer (refused, dropped, timed out, or abandoned
+        by an interrupt while the inner transport had it).
 
         One that failed before the request left (see ``failed_before_sending``) sent no token:
         its record says ``sent: false``, with 0 prompt tokens and the request's count in
@@ -274,9 +278,13 @@ class _Recorder:
         text, reason = str(exc), _os_reason(exc)
         if reason and reason not in text:
             text = f"{text}: {reason}" if text else reason
+        if not isinstance(exc, Exception):  # cancelled, KeyboardInterrupt: handed over, no answer
+            text = INTERRUPTED
         note = MAYBE_BILLED_NOTE if sent else NOT_SENT_NOTE
         error = f"{type(exc).__name__}: {text} ({note})"
-        self.after(pending, status_code=None, body=None, error=error, sent=sent)
+        # an interrupt that comes after the ledger was closed must still propagate as itself
+        with contextlib.suppress(*(() if isinstance(exc, Exception) else (LedgerError,))):
+            self.after(pending, status_code=None, body=None, error=error, sent=sent)
 
     def answered(self, pending: _Pending, response: Any, body: bytes) -> None:
         """Record an attempt that got an HTTP answer (whatever its status)."""
@@ -418,7 +426,7 @@ class RecordingTransport(httpx2.BaseTransport):
             response = self.inner.handle_request(request)
             body = response.read()
             response.close()
-        except Exception as exc:
+        except BaseException as exc:  # an interrupt too: the ledger keeps the attempt
             self._rec.failed(pending, exc)
             raise
         self._rec.answered(pending, response, body)
@@ -448,7 +456,7 @@ class AsyncRecordingTransport(httpx2.AsyncBaseTransport):
             response = await self.inner.handle_async_request(request)
             body = await response.aread()
             await response.aclose()
-        except Exception as exc:
+        except BaseException as exc:  # an interrupt too: the ledger keeps the attempt
             self._rec.failed(pending, exc)
             raise
         self._rec.answered(pending, response, body)

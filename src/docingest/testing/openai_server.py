@@ -404,6 +404,12 @@ class OpenAIServer:
         with self._lock:
             return sorted(self._records, key=lambda r: r.number)
 
+    @property
+    def received(self) -> int:
+        """How many requests have arrived so far, those still waiting for their answer included."""
+        with self._lock:
+            return self._count
+
     def usage_totals(self) -> dict[str, int]:
         """Usage summed over the well-formed 200 answers (faulted requests are not counted)."""
         totals = {"requests": 0, "prompt_tokens": 0, "completion_tokens": 0, "total_tokens": 0}
