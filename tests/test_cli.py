@@ -363,3 +363,19 @@ def test_report_of_a_report_points_at_its_ledger(tmp_path, capsys):
     assert main(["ingest", str(SAMPLE), "--dry-run", "--report", str(report)], console=console) == 0
     assert main(["report", str(report)], console=console) == 2
     assert f"its ledger is {tmp_path / 'r'}.ledger.jsonl" in capsys.readouterr().err
+
+
+def test_merged_ledgers_of_one_source_count_each_skipped_file_once(tmp_path):
+    console, _ = _console()
+    ledgers = []
+    for name in ("a", "b", "c"):
+        report = tmp_path / f"{name}.json"
+        assert main(["ingest", str(SAMPLE), "--dry-run", "--report", str(report)], console=console) == 0
+        ledgers.append(str(tmp_path / f"{name}.ledger.jsonl"))
+    one = json.loads((tmp_path / "a.json").read_text())["aggregated"]
+    merged = tmp_path / "merged.json"
+    assert main(["report", *ledgers, "--report", str(merged)], console=console) == 0
+    data = json.loads(merged.read_text())
+    assert one["files_skipped"] > 0
+    assert data["aggregated"]["files_skipped"] == one["files_skipped"]
+    assert len(data["skipped_files"]) == len({s["path"] for s in data["skipped_files"]})

@@ -223,6 +223,7 @@ class StatsCollector:
         self.run: dict[str, Any] = {"id": self.run_id}
         self.files: dict[str, _FileStats] = {}
         self.skipped: list[dict[str, Any]] = []
+        self._skipped_at: dict[str, int] = {}  # path -> its entry in ``skipped`` (merged ledgers: the last)
         self.by_type: dict[str, _TypeStats] = defaultdict(_TypeStats)
         self.unattributed: dict[str, Any] = {
             "calls": 0,
@@ -397,7 +398,12 @@ class StatsCollector:
         elif kind == "file":
             self._file(r["path"]).info.update({k: v for k, v in r.items() if k not in ("type", "path")})
         elif kind == "skip":
-            self.skipped.append({k: v for k, v in r.items() if k != "type"})
+            entry = {k: v for k, v in r.items() if k != "type"}
+            at = self._skipped_at.setdefault(str(r.get("path")), len(self.skipped))
+            if at == len(self.skipped):
+                self.skipped.append(entry)
+            else:  # the same file skipped again (the ledgers of several runs of one source)
+                self.skipped[at] = entry
         elif kind == "cache_hit":
             self.cache_hits += 1
             self.tokens_saved += int(r.get("tokens_saved", 0))
