@@ -417,6 +417,19 @@ def _compare(args: argparse.Namespace, console: Console) -> int:
     return 0
 
 
+def _check_paths(args: argparse.Namespace) -> None:
+    """Outputs that would overwrite each other, an input or a file docingest did not write: refused."""
+    from docingest.config import check_outputs
+    from docingest.report import is_html_file, is_report_file
+
+    flags = ("report", "html", "ledger", "json") + (("db",) if args.command == "ingest" else ())
+    outputs = {f"--{name}": getattr(args, name, None) for name in flags}
+    inputs = {"--price-file": getattr(args, "price_file", None)}
+    inputs |= {"LEDGER.jsonl": getattr(args, "ledgers", None), "REPORT.json": getattr(args, "runs", None)}
+    inputs |= {"BEFORE": getattr(args, "before", None), "AFTER": getattr(args, "after", None)}
+    check_outputs(outputs, inputs, replaceable={"--report": is_report_file, "--html": is_html_file})
+
+
 def main(argv: Sequence[str] | None = None, *, console: Console | None = None) -> int:
     args = build_parser().parse_args(argv)
     out = console or Console(stderr=False)
@@ -430,6 +443,7 @@ def main(argv: Sequence[str] | None = None, *, console: Console | None = None) -
         "trace": _trace,
     }
     try:
+        _check_paths(args)
         code: int = handlers[args.command](args, out)
     except BudgetExceeded as exc:
         err.print(Text.assemble(("over budget:", "bold red"), f" {exc}"), highlight=False, soft_wrap=True)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import os
 import re
-from collections.abc import Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -105,6 +105,10 @@ class IngestConfig:
             raise ConfigError(f"--max-cost must be more than 0 (got {self.max_cost})")
         if not 1 <= self.embedding_batch_size <= 2048:
             raise ConfigError("--embedding-batch must be between 1 and 2048 (the API's limit)")
+        from docingest.report import is_report_file
+
+        outputs = {"--report": self.report, "--ledger": self.ledger, "--db": self.db}
+        check_outputs(outputs, {"--price-file": self.price_file}, replaceable={"--report": is_report_file})
         check_globs("--include", self.include)
         check_globs("--exclude", self.exclude)
         if self.price_file is not None:
@@ -151,3 +155,36 @@ def default_report_path(run_id: str) -> Path:
 def ledger_path_for(report_path: Path) -> Path:
     name = report_path.name[: -len(".json")] if report_path.name.endswith(".json") else report_path.name
     return report_path.with_name(name + ".ledger.jsonl")
+
+
+def check_outputs(
+    outputs: Mapping[str, Path | None],
+    inputs: Mapping[str, Path | Sequence[Path] | None] | None = None,
+    *,
+    replaceable: Mapping[str, Callable[[Path], bool]] | None = None,
+) -> None:
+    """Refuse, before any work, output paths (by flag) that would overwrite one another or an input
+    (by flag), or a file that ``replaceable[flag]`` does not recognise as a previous output of its
+    kind (an empty file may be replaced)."""
+    given: dict[Path, str] = {}
+    for flag, value in (inputs or {}).items():
+        for read in [value] if isinstance(value, Path) else value or ():
+            given.setdefault(read.resolve(), flag)
+    taken: dict[Path, str] = {}
+    for flag, path in outputs.items():
+        if path is None:
+            continue
+        key = path.resolve()
+        if key in taken:
+            raise ConfigError(f"{taken[key]} and {flag} are the same file {path}: give each its own path")
+        if key in given:
+            raise ConfigError(f"{flag} {path} is also an input ({given[key]}): write it elsewhere")
+        taken[key] = flag
+        if path.is_dir():
+            raise ConfigError(f"{flag} {path} is a directory: give the path of a file")
+        recognise = (replaceable or {}).get(flag)
+        if recognise is not None and path.is_file() and path.stat().st_size and not recognise(path):
+            raise ConfigError(
+                f"{flag} {path} exists and was not written by docingest: it replaces only its own "
+                "reports; give another path, or remove the file"
+            )

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import tempfile
 from functools import cache
 from importlib import resources
@@ -111,6 +112,28 @@ def load_report(path: Path) -> dict[str, Any]:
             "ledger (docingest report LEDGER.jsonl)"
         ) from exc
     return data
+
+
+_REPORT_HEAD = re.compile(r'\{\s*"schema_version"\s*:')
+
+
+def _head(path: Path) -> str:
+    try:
+        with path.open("rb") as fh:
+            return fh.read(4096).decode("utf-8", "replace")
+    except OSError:
+        return ""
+
+
+def is_report_file(path: Path) -> bool:
+    """Whether ``path`` starts as a docingest JSON report does (which a new report may replace)."""
+    return _REPORT_HEAD.match(_head(path)) is not None
+
+
+def is_html_file(path: Path) -> bool:
+    """Whether ``path`` starts as a docingest HTML report does (which a new one may replace)."""
+    head = _head(path)
+    return head.startswith("<!doctype html>") and "<title>docingest " in head
 
 
 #: With a large run, the analysis sees every file's figures but the chunks of only this many files
