@@ -89,6 +89,7 @@ def test_a_dead_port_records_every_attempt_and_sends_no_token(tmp_path: Path) ->
     dead = f"http://127.0.0.1:{free_port()}/v1"
     code, path, out = ingest(tmp_path, "dead", dead, "--max-retries", "1")
     assert code == 4 and "failed for good" in out
+    assert f"no request reached the API at {dead}: check --base-url" in out
     assert re.search(r"tokens sent to the chat model [│ ]*0 ", out)
     assert "n/a (nothing sent)" in out and "0.00x" not in out
     report = json.loads(path.read_text())
@@ -186,6 +187,25 @@ def test_an_attempt_answered_500_counts_its_tokens_as_sent(tmp_path: Path) -> No
     assert {ct: f["tokens_not_sent"] for ct, f in dead["by_call_type"].items()} == {
         ct: f["tokens_sent"] for ct, f in agg["by_call_type"].items()
     }
+
+
+def test_timeouts_are_not_said_to_have_never_reached_the_api(tmp_path: Path) -> None:
+    """Every attempt reached the server, which did not answer within --timeout: the closing
+    message says so, with the tokens the report counts as sent (was: 'no request reached the
+    API', beside a report counting 8,442 embedding tokens sent)."""
+    with OpenAIServer(faults=[parse_fault("timeout:delay=30")]) as server:
+        code, path, out = ingest(tmp_path, "slow", server.base_url, "--timeout", "0.5", "--max-retries", "1")
+        received = server.received
+    agg = json.loads(path.read_text())["aggregated"]
+    assert code == 4 and agg["total_successful_calls"] == 0
+    assert agg["total_failed_calls"] == received > 0
+    sent = agg["total_tokens_sent_to_apis"]
+    assert sent == sum(t["failed_tokens_sent"] for t in agg["by_call_type"].values()) > 0
+    assert "no request reached" not in out
+    assert (
+        f"the API at {server.base_url} did not answer within --timeout 0.5 s ({received:,} attempt(s) "
+        f"timed out; their {sent:,} tokens count as sent: the API may have received, and billed, them)"
+    ) in out
 
 
 def test_a_dropped_connection_counts_as_sent_and_says_it_may_be_billed(tmp_path: Path) -> None:

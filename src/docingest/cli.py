@@ -261,13 +261,27 @@ def _ingest(args: argparse.Namespace, console: Console) -> int:
         unreachable = agg["total_successful_calls"] == 0 and all(
             r.startswith(("APIConnectionError", "APITimeoutError")) for r in result.failures
         )
-        hint = (
-            f"no request reached the API at {redact_url(config.base_url or 'api.openai.com')}: check "
-            "--base-url, the network and --timeout"
-            if unreachable
-            else "see the findings above and error_details in the report; run the same command to retry "
-            "them (finished work is not sent again)"
-        )
+        api = redact_url(config.base_url or "api.openai.com")
+        by_type = agg["by_call_type"].values()
+        unanswered = agg["total_failed_calls"] - sum(t["calls_not_sent"] for t in by_type)
+        if unreachable and unanswered == 0:  # every attempt failed before it left (see sent: false)
+            hint = f"no request reached the API at {api}: check --base-url, the network and --timeout"
+        elif unreachable:  # sent, but no answer: timed out, or the connection dropped
+            how = (
+                f"did not answer within --timeout {config.timeout:g} s ({unanswered:,} attempt(s) timed out"
+                if all(r.startswith("APITimeoutError") for r in result.failures)
+                else f"answered none ({unanswered:,} attempt(s) timed out or lost their connection"
+            )
+            tokens = sum(t["failed_tokens_sent"] for t in by_type)
+            hint = (
+                f"the API at {api} {how}; their {tokens:,} tokens count as sent: the API may have received, "
+                "and billed, them): check the server, or raise --timeout"
+            )
+        else:
+            hint = (
+                "see the findings above and error_details in the report; run the same command to retry "
+                "them (finished work is not sent again)"
+            )
         console.print(f"{failed:,} request(s) failed for good ({reasons}): {hint}", highlight=False)
         return 4
     return 0
