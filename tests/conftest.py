@@ -92,3 +92,23 @@ def _collect_garbage_after_each_test() -> object:
 
     yield
     gc.collect()
+
+
+@pytest.fixture
+def no_openai_env(monkeypatch: pytest.MonkeyPatch) -> None:
+    """No OPENAI_API_KEY, OPENAI_BASE_URL or DRY_RUN from the environment the tests run in."""
+    for name in ("OPENAI_API_KEY", "OPENAI_BASE_URL", "DRY_RUN"):
+        monkeypatch.delenv(name, raising=False)
+
+
+@pytest.fixture
+def cli(no_openai_env: None) -> Callable[[list[str]], int]:
+    """``docingest ARGV...`` in process: its exit code; the terminal output is dropped (messages go
+    to stderr, for capsys)."""
+    import io
+
+    from rich.console import Console
+
+    from docingest.cli import main
+
+    return lambda argv: main(argv, console=Console(file=io.StringIO(), width=120))

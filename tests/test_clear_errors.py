@@ -2,28 +2,14 @@
 
 from __future__ import annotations
 
-import io
 import json
 import sqlite3
 from pathlib import Path
 
 import pytest
-from rich.console import Console
-
-from docingest.cli import main
 
 ROOT = Path(__file__).resolve().parents[1]
 SAMPLE = ROOT / "examples" / "sample-docs"
-
-
-@pytest.fixture(autouse=True)
-def _no_credentials(monkeypatch: pytest.MonkeyPatch) -> None:
-    for name in ("OPENAI_API_KEY", "OPENAI_BASE_URL", "DRY_RUN"):
-        monkeypatch.delenv(name, raising=False)
-
-
-def _main(argv: list[str]) -> int:
-    return main(argv, console=Console(file=io.StringIO(), width=120))
 
 
 def _error_line(capsys: pytest.CaptureFixture[str]) -> str:
@@ -33,12 +19,12 @@ def _error_line(capsys: pytest.CaptureFixture[str]) -> str:
 
 
 @pytest.mark.parametrize("dry_run", [True, False])
-def test_a_db_that_is_not_sqlite_is_refused_with_or_without_dry_run(tmp_path, capsys, dry_run):
+def test_a_db_that_is_not_sqlite_is_refused_with_or_without_dry_run(cli, tmp_path, capsys, dry_run):
     db = tmp_path / "garbage.sqlite"
     db.write_text("root:x:0:0:root:/root:/bin/bash\n" * 40)
     argv = ["ingest", str(SAMPLE), "--db", str(db), "--report", str(tmp_path / "r.json")]
     argv += ["--dry-run"] if dry_run else ["--base-url", "http://127.0.0.1:9/v1"]
-    assert _main(argv) == 2
+    assert cli(argv) == 2
     assert _error_line(capsys) == (
         f"error: cannot use the knowledge base at {db} (file is not a database): it is not a docingest "
         "knowledge base; pass --db with the path of a new file"
@@ -46,31 +32,28 @@ def test_a_db_that_is_not_sqlite_is_refused_with_or_without_dry_run(tmp_path, ca
     assert db.read_text() == "root:x:0:0:root:/root:/bin/bash\n" * 40
 
 
-def test_a_dry_run_reads_an_empty_db_file_as_an_empty_cache(tmp_path):
+def test_a_dry_run_reads_an_empty_db_file_as_an_empty_cache(cli, tmp_path):
     db = tmp_path / "kb.sqlite"
     db.touch()  # SQLite takes an empty file for an empty database: no tables to read the cache from
     assert (
-        _main(["ingest", str(SAMPLE), "--dry-run", "--db", str(db), "--report", str(tmp_path / "r.json")])
-        == 0
+        cli(["ingest", str(SAMPLE), "--dry-run", "--db", str(db), "--report", str(tmp_path / "r.json")]) == 0
     )
     report = json.loads((tmp_path / "r.json").read_text())
     assert report["aggregated"]["total_failed_calls"] == 0 and report["aggregated"]["chunks"] > 0
     assert db.stat().st_size == 0
 
 
-def test_a_dry_run_refuses_a_db_of_a_newer_docingest(tmp_path, capsys):
+def test_a_dry_run_refuses_a_db_of_a_newer_docingest(cli, tmp_path, capsys):
     db = tmp_path / "kb.sqlite"
     assert (
-        _main(["ingest", str(SAMPLE), "--db", str(db), "--dry-run", "--report", str(tmp_path / "a.json")])
-        == 0
+        cli(["ingest", str(SAMPLE), "--db", str(db), "--dry-run", "--report", str(tmp_path / "a.json")]) == 0
     )
     with sqlite3.connect(db) as conn:  # a database with a migration from the future
         conn.execute("CREATE TABLE _migrations (seq INTEGER PRIMARY KEY, name TEXT, applied_at TEXT)")
         conn.execute("INSERT INTO _migrations (name) VALUES ('m001_initial'), ('m999_future')")
     capsys.readouterr()
     assert (
-        _main(["ingest", str(SAMPLE), "--db", str(db), "--dry-run", "--report", str(tmp_path / "b.json")])
-        == 2
+        cli(["ingest", str(SAMPLE), "--db", str(db), "--dry-run", "--report", str(tmp_path / "b.json")]) == 2
     )
     assert _error_line(capsys) == (
         "error: the knowledge base has schema migrations this docingest does not know (m999_future): "
@@ -79,20 +62,20 @@ def test_a_dry_run_refuses_a_db_of_a_newer_docingest(tmp_path, capsys):
 
 
 @pytest.mark.parametrize("command", ["analyze", "compare"])
-def test_a_report_of_another_schema_version_is_refused(tmp_path, capsys, command):
+def test_a_report_of_another_schema_version_is_refused(cli, tmp_path, capsys, command):
     v99 = tmp_path / "v99.json"
     v99.write_text('{"schema_version": 99}')
-    assert _main([command, str(v99)] + ([str(v99)] if command == "compare" else [])) == 2
+    assert cli([command, str(v99)] + ([str(v99)] if command == "compare" else [])) == 2
     assert _error_line(capsys) == (
         f"error: {v99} is a report of schema_version 99; this docingest reads version 1: upgrade docingest, "
         "or rebuild the report from its ledger (docingest report LEDGER.jsonl)"
     )
 
 
-def test_the_report_command_refuses_a_report_given_as_a_ledger(tmp_path, capsys):
+def test_the_report_command_refuses_a_report_given_as_a_ledger(cli, tmp_path, capsys):
     v99 = tmp_path / "v99.json"
     v99.write_text('{"schema_version": 99}')
-    assert _main(["report", str(v99)]) == 2
+    assert cli(["report", str(v99)]) == 2
     assert _error_line(capsys) == f"error: {v99}:1: not a docingest ledger record"
 
 
@@ -111,20 +94,20 @@ def test_the_report_command_refuses_a_report_given_as_a_ledger(tmp_path, capsys)
         ),
     ],
 )
-def test_an_incomplete_report_is_refused_by_analyze_and_compare(tmp_path, capsys, edit, where):
+def test_an_incomplete_report_is_refused_by_analyze_and_compare(cli, tmp_path, capsys, edit, where):
     good = tmp_path / "good.json"
-    assert _main(["ingest", str(SAMPLE), "--dry-run", "--report", str(good)]) == 0
+    assert cli(["ingest", str(SAMPLE), "--dry-run", "--report", str(good)]) == 0
     report = json.loads(good.read_text())
     edit(report)
     bad = tmp_path / "bad.json"
     bad.write_text(json.dumps(report))
     capsys.readouterr()
     for argv in (["analyze", str(bad)], ["compare", str(good), str(bad)]):
-        assert _main(argv) == 2
+        assert cli(argv) == 2
         line = _error_line(capsys)
         assert line.startswith(f"error: {bad} is not a complete docingest report ({where}")
         assert line.endswith("): rebuild it from its ledger (docingest report LEDGER.jsonl)")
-    assert _main(["analyze", str(good)]) == 0
+    assert cli(["analyze", str(good)]) == 0
 
 
 @pytest.mark.parametrize(
@@ -139,13 +122,13 @@ def test_an_incomplete_report_is_refused_by_analyze_and_compare(tmp_path, capsys
     ],
 )
 def test_a_price_file_with_a_price_that_is_not_real_is_refused_before_any_work(
-    tmp_path, capsys, entry, shown
+    cli, tmp_path, capsys, entry, shown
 ):
     prices = tmp_path / "prices.json"
     prices.write_text(f'{{"gpt-4o-mini": {entry}}}')
     out = tmp_path / "out"
     argv = ["ingest", str(SAMPLE), "--dry-run", "--price-file", str(prices), "--max-cost", "100"]
-    assert _main([*argv, "--report", str(out / "r.json")]) == 2
+    assert cli([*argv, "--report", str(out / "r.json")]) == 2
     message = (
         f"error: price file {prices}: model 'gpt-4o-mini' has {shown}: a price is a number of USD per "
         "million tokens from 0 to 1,000,000"
@@ -153,13 +136,13 @@ def test_a_price_file_with_a_price_that_is_not_real_is_refused_before_any_work(
     assert _error_line(capsys) == message
     assert not out.exists()  # no ledger, no report
     good = tmp_path / "good.json"
-    assert _main(["ingest", str(SAMPLE), "--dry-run", "--report", str(good)]) == 0
+    assert cli(["ingest", str(SAMPLE), "--dry-run", "--report", str(good)]) == 0
     capsys.readouterr()
-    assert _main(["analyze", str(good), "--price-file", str(prices)]) == 2
+    assert cli(["analyze", str(good), "--price-file", str(prices)]) == 2
     assert _error_line(capsys) == message
 
 
-def test_a_price_of_zero_and_the_highest_price_are_accepted(tmp_path):
+def test_a_price_of_zero_and_the_highest_price_are_accepted(cli, tmp_path):
     from docingest.cost import load_price_file
 
     prices = tmp_path / "prices.json"

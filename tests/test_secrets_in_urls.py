@@ -16,11 +16,7 @@ from docingest.testing.openai_server import OpenAIServer
 
 SECRETS = ("sk-URLSECRET111", "sk-QUERYSECRET222")
 
-
-@pytest.fixture(autouse=True)
-def _no_credentials(monkeypatch: pytest.MonkeyPatch) -> None:
-    for name in ("OPENAI_API_KEY", "OPENAI_BASE_URL", "DRY_RUN"):
-        monkeypatch.delenv(name, raising=False)
+pytestmark = pytest.mark.usefixtures("no_openai_env")
 
 
 def _docs(tmp_path: Path) -> Path:
