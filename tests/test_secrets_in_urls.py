@@ -108,3 +108,49 @@ def test_a_dry_run_and_an_unreachable_api_show_the_base_url_without_its_secrets(
     outputs = [p.read_bytes() for p in tmp_path.iterdir() if p.is_file()]
     assert len(outputs) >= 5  # two reports, two ledgers, the knowledge base
     _assert_no_secret(*outputs, buf.getvalue(), err)
+
+
+def test_ledgers_and_reports_written_before_redaction_lose_their_secrets_when_read(tmp_path, capsys):
+    src = _docs(tmp_path)
+    buf = io.StringIO()
+    console = Console(file=buf, width=200)
+    report = tmp_path / "old.json"
+    base = ["ingest", str(src), "--dry-run", "--base-url", "http://127.0.0.1:9/v1", "--report", str(report)]
+    assert main(base, console=console) == 0
+    url = _secret_url("http://127.0.0.1:9/v1")
+    ledger = tmp_path / "old.ledger.jsonl"
+    for path in (report, ledger):  # as an older docingest wrote them
+        path.write_text(path.read_text().replace('"http://127.0.0.1:9/v1"', json.dumps(url)))
+        assert SECRETS[0] in path.read_text()
+    other = tmp_path / "other.json"
+    report_cmd = [
+        "report",
+        str(ledger),
+        "--report",
+        str(tmp_path / "new.json"),
+        "--html",
+        str(tmp_path / "n.html"),
+    ]
+    assert main(report_cmd, console=console) == 0
+    analyze = [
+        "analyze",
+        str(report),
+        "--report",
+        str(tmp_path / "a.json"),
+        "--html",
+        str(tmp_path / "a.html"),
+    ]
+    assert main(analyze, console=console) == 0
+    assert main([*base[:-1], str(other), "--base-url", "http://127.0.0.1:8/v1"], console=console) == 0
+    assert (
+        main(["compare", str(report), str(other), "--json", str(tmp_path / "c.json")], console=console) == 0
+    )
+    shown = "http://user:***@127.0.0.1:9/v1?api-key=***"
+    assert json.loads((tmp_path / "new.json").read_text())["run"]["config"]["base_url"] == shown
+    assert json.loads((tmp_path / "a.json").read_text())["run"]["config"]["base_url"] == shown
+    changes = json.loads((tmp_path / "c.json").read_text())["config_changes"]
+    assert changes["base_url"] == [shown, "http://127.0.0.1:8/v1"]
+    captured = capsys.readouterr()
+    outputs = [p.read_bytes() for p in tmp_path.iterdir() if p.is_file() and not p.name.startswith("old.")]
+    assert len(outputs) >= 7
+    _assert_no_secret(*outputs, buf.getvalue(), captured.out, captured.err)

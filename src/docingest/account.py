@@ -424,7 +424,10 @@ class StatsCollector:
                     cs.unsent.append(entry)
         elif kind == "run_start":
             self.run_id = r.get("run_id", self.run_id)
-            self.run = {"id": self.run_id, **{k: v for k, v in r.items() if k not in ("type", "run_id")}}
+            from docingest.config import redact_run
+
+            run = {"id": self.run_id, **{k: v for k, v in r.items() if k not in ("type", "run_id")}}
+            self.run = redact_run(run)
         elif kind == "run_end":
             self.run["finished_at"] = r.get("finished_at")
             self.status = r.get("status")

@@ -42,6 +42,15 @@ def redact_url(url: str) -> str:
     return urlunsplit((parts.scheme, netloc, parts.path, query, fragment))
 
 
+def redact_run(run: dict[str, Any]) -> dict[str, Any]:
+    """A run record (``run_start``, a report's ``run``) with the base URL of its config redacted:
+    ledgers and reports written before docingest redacted it keep it verbatim."""
+    config = run.get("config")
+    if isinstance(config, dict) and isinstance(config.get("base_url"), str):
+        return {**run, "config": {**config, "base_url": redact_url(config["base_url"])}}
+    return run
+
+
 def env_dry_run(environ: Any = os.environ) -> bool:
     """``DRY_RUN=true`` (also ``1``, ``yes``, any case); anything else is false."""
     return str(environ.get("DRY_RUN", "")).strip().lower() in TRUE_VALUES

@@ -111,6 +111,9 @@ def load_report(path: Path) -> dict[str, Any]:
             f"{path} is not a complete docingest report ({where}: {exc.message}): rebuild it from its "
             "ledger (docingest report LEDGER.jsonl)"
         ) from exc
+    from docingest.config import redact_run
+
+    data["run"] = redact_run(data["run"])
     return data
 
 
