@@ -6,6 +6,7 @@ import asyncio
 import time
 from pathlib import Path
 
+import httpx2
 import pytest
 
 from docingest.account import StatsCollector
@@ -14,8 +15,10 @@ from docingest.errors import BudgetExceeded
 from docingest.execute import ClientSettings, Executor, build_async_client
 from docingest.models import Chunk
 from docingest.plan import SummaryRequest, content_key
-from docingest.ratelimit import RateLimiter, parse_duration, retry_after_seconds
+from docingest.ratelimit import GateTransport, RateLimiter, parse_duration, retry_after_seconds
 from docingest.testing.openai_server import OpenAIServer
+from docingest.tokens import TokenCounter
+from docingest.transport import DryRunTransport
 
 
 class FakeTime:
@@ -190,3 +193,35 @@ def test_paced_client_meets_no_429_from_a_server_with_the_same_limit(tmp_path: P
         assert elapsed_minutes < weight / tpm + 0.5
         agg = stats.aggregated()
         assert agg["rate_limit_wait_s"] > 0
+
+
+def test_an_attempt_cancelled_while_waiting_for_its_turn_gives_its_budget_back():
+    """Ctrl-C (or a cancelled task) while the rate limit holds an attempt back: it never left,
+    so its reservation is returned (was: kept, as if sent)."""
+
+    async def scenario() -> tuple[int, int]:
+        waiting = asyncio.Event()
+
+        async def held(seconds: float) -> None:  # the limiter's wait, until cancelled
+            waiting.set()
+            await asyncio.Event().wait()
+
+        limiter = RateLimiter(rpm=10, sleep=held)
+        limiter.pause(30)
+        budget = TokenBudget(max_tokens=10_000)
+        gate = GateTransport(DryRunTransport(), limiter=limiter, budget=budget)
+        body = {"model": "text-embedding-3-small", "input": ["hello world", "again"]}
+        request = httpx2.Request("POST", "http://127.0.0.1:9/v1/embeddings", json=body)
+        task = asyncio.ensure_future(gate.handle_async_request(request))
+        await waiting.wait()
+        reserved = budget.spent_tokens
+        task.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await task
+        return reserved, budget.spent_tokens
+
+    reserved, after = asyncio.run(scenario())
+    assert reserved == TokenCounter("cl100k_base").count("hello world") + TokenCounter("cl100k_base").count(
+        "again"
+    )
+    assert after == 0

@@ -299,11 +299,12 @@ class GateTransport(httpx2.AsyncBaseTransport):
                     self.on_refused(request, str(exc))
                 raise
         ok = False
-        sent = True
+        sent = False  # until handed to the recording transport and the network under it
         completion_billed: int | None = None
         try:
             if self.limiter is not None:
                 request.extensions[WAIT_EXTENSION] = await self.limiter.acquire(prompt + completion)
+            sent = True
             response = await self.inner.handle_async_request(request)
             if self.limiter is not None:
                 self.limiter.observe(response.status_code, response.headers)
@@ -311,8 +312,8 @@ class GateTransport(httpx2.AsyncBaseTransport):
             if ok and reservation is not None and completion:
                 completion_billed = _completion_tokens(response)
             return response
-        except Exception as exc:
-            sent = not failed_before_sending(exc)  # nothing left the machine: nothing to bill
+        except BaseException as exc:  # cancelled while waiting for its turn: nothing to bill either
+            sent = sent and not failed_before_sending(exc)  # nothing left the machine: nothing to bill
             raise
         finally:
             if reservation is not None and self.budget is not None:
