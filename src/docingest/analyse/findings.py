@@ -412,7 +412,7 @@ def _advice(cause: str, config: dict[str, Any], *, final: bool) -> str:
             "context_length_exceeded: lower --chunk-tokens or use --context section/none, or exclude the file"
         )
     if cause == "401":
-        return "401 unauthorised: check --api-key (or OPENAI_API_KEY)"
+        return "401 unauthorised: check OPENAI_API_KEY (the key of the API at --base-url)"
     if cause == "403":
         return "403 forbidden: the key has no access to this model or project"
     if cause == "404":
