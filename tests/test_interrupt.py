@@ -4,6 +4,7 @@ ledger (those cut off in flight as failed attempts counted as sent), the ledger 
 
 from __future__ import annotations
 
+import asyncio
 import io
 import json
 import os
@@ -21,7 +22,7 @@ import openai
 import pytest
 from rich.console import Console
 
-from docingest import StatsCollector, recording_http_client
+from docingest import StatsCollector, async_recording_http_client, recording_http_client
 from docingest.cli import main
 from docingest.ledger import read_ledger
 from docingest.testing.openai_server import Fault, OpenAIServer
@@ -178,3 +179,54 @@ def test_a_sync_client_interrupted_in_flight_records_the_attempt_as_sent(tmp_pat
     assert call["status"] == "Fail" and call["http_status"] is None
     assert call["error_details"].startswith("KeyboardInterrupt: interrupted in flight")
     assert call["prompt_tokens"] == TokenCounter("o200k_base").count_messages(messages) > 0
+
+
+class _Watched(httpx2.AsyncHTTPTransport):
+    """httpx2's own transport, counting the requests handed to it."""
+
+    def __init__(self, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self.handed = 0
+        self.second = asyncio.Event()
+
+    async def handle_async_request(self, request: httpx2.Request) -> httpx2.Response:
+        self.handed += 1
+        if self.handed == 2:
+            self.second.set()
+        return await super().handle_async_request(request)
+
+
+def test_an_attempt_cancelled_before_its_request_left_is_recorded_as_not_sent(tmp_path):
+    """One connection: the first request holds it (the server does not answer), the second waits
+    for it. Both are cancelled: the first was sent (it may be billed), the second never left."""
+    ledger = tmp_path / "p.ledger.jsonl"
+
+    async def scenario(server: OpenAIServer) -> None:
+        stats = StatsCollector(ledger)
+        inner = _Watched(limits=httpx2.Limits(max_connections=1))
+        http = async_recording_http_client(stats, dry_run=False, inner=inner)
+        client = openai.AsyncOpenAI(api_key="k", base_url=server.base_url, max_retries=0, http_client=http)
+        model = "text-embedding-3-small"
+        first = asyncio.ensure_future(client.embeddings.create(model=model, input="held by the server"))
+        while server.received < 1:
+            await asyncio.sleep(0.005)
+        second = asyncio.ensure_future(
+            client.embeddings.create(model=model, input="waits for the connection")
+        )
+        await inner.second.wait()
+        for task in (second, first):
+            task.cancel()
+        await asyncio.gather(first, second, return_exceptions=True)
+        await client.close()
+        stats.finish("interrupted")
+
+    with OpenAIServer(faults=[Fault("timeout", delay=60)]) as server:
+        asyncio.run(scenario(server))
+        assert server.received == 1
+    held, waited = sorted(calls_in(ledger), key=lambda r: r["error_details"])
+    counter = TokenCounter("cl100k_base")
+    assert "interrupted in flight" in held["error_details"] and "sent" not in held
+    assert held["prompt_tokens"] == counter.count("held by the server")
+    assert "interrupted while waiting for a connection" in waited["error_details"]
+    assert waited["sent"] is False and waited["prompt_tokens"] == 0
+    assert waited["tokens_not_sent"] == counter.count("waits for the connection")

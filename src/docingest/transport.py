@@ -4,7 +4,8 @@
 ledger record per HTTP attempt (retries made by the SDK pass through here one by one), with the
 prompt tokens counted *before* the request leaves; an attempt that never left (connection
 refused, DNS failure, connect timeout) is recorded with ``sent: false`` and no token sent; one
-cut off by an interrupt (Ctrl-C, SIGTERM, a cancelled task) is a failed attempt counted as sent.
+cut off by an interrupt (Ctrl-C, SIGTERM, a cancelled task) is a failed attempt counted as sent,
+or as not sent when httpx2's transport had not begun to write it (waiting for a connection).
 ``DryRunTransport`` answers in place of the network with what the API would answer
 (``docingest.simulate``), errors included, so a dry run runs every line of the SDK's request
 building and response parsing.
@@ -56,6 +57,10 @@ _SKIP_FRAMES = (
 NOT_SENT_NOTE = "nothing was sent: the connection failed before the request left this machine"
 MAYBE_BILLED_NOTE = "counted as sent: the API may have received the request, and billed it"
 INTERRUPTED = "interrupted in flight (Ctrl-C, SIGTERM or a cancelled task)"
+INTERRUPTED_UNSENT = (
+    "interrupted while waiting for a connection (Ctrl-C, SIGTERM or a cancelled task): nothing was "
+    "sent, the request had not left this machine"
+)
 
 
 def _os_reason(exc: BaseException) -> str | None:
@@ -267,21 +272,26 @@ class _Recorder:
                 return sum(len(x) if isinstance(x, list) else counter.count(str(x)) for x in raw)
         return 0
 
-    def failed(self, pending: _Pending, exc: BaseException) -> None:
+    def failed(self, pending: _Pending, exc: BaseException, *, left: bool = True) -> None:
         """Record an attempt that got no HTTP answer (refused, dropped, timed out, or abandoned
         by an interrupt while the inner transport had it).
 
         One that failed before the request left (see ``failed_before_sending``) sent no token:
         its record says ``sent: false``, with 0 prompt tokens and the request's count in
-        ``tokens_not_sent``. One that failed later counts its tokens as sent, and says why."""
+        ``tokens_not_sent``. One that failed later counts its tokens as sent, and says why.
+        ``left=False``: an interrupt came before the request began to be written (see
+        ``_Departure``)."""
         sent = not failed_before_sending(exc)
         text, reason = str(exc), _os_reason(exc)
         if reason and reason not in text:
             text = f"{text}: {reason}" if text else reason
-        if not isinstance(exc, Exception):  # cancelled, KeyboardInterrupt: handed over, no answer
-            text = INTERRUPTED
         note = MAYBE_BILLED_NOTE if sent else NOT_SENT_NOTE
         error = f"{type(exc).__name__}: {text} ({note})"
+        if not isinstance(exc, Exception):  # cancelled, KeyboardInterrupt: no answer
+            sent = left
+            error = f"{type(exc).__name__}: " + (
+                f"{INTERRUPTED} ({MAYBE_BILLED_NOTE})" if left else INTERRUPTED_UNSENT
+            )
         # an interrupt that comes after the ledger was closed must still propagate as itself
         with contextlib.suppress(*(() if isinstance(exc, Exception) else (LedgerError,))):
             self.after(pending, status_code=None, body=None, error=error, sent=sent)
@@ -436,6 +446,25 @@ class RecordingTransport(httpx2.BaseTransport):
         self.inner.close()
 
 
+class _Departure:
+    """Whether httpx2's own transport began to write a request (its ``trace`` events; the
+    request's own trace callback, if any, still gets them): an attempt interrupted before that,
+    waiting for a free connection or connecting, never left this machine."""
+
+    __slots__ = ("_inner", "started")
+
+    def __init__(self, request: httpx2.Request) -> None:
+        self.started = False
+        self._inner = request.extensions.get("trace")
+        request.extensions["trace"] = self
+
+    async def __call__(self, name: str, info: dict[str, Any]) -> None:
+        if name.endswith(".send_request_headers.started"):
+            self.started = True
+        if self._inner is not None:
+            await self._inner(name, info)
+
+
 class AsyncRecordingTransport(httpx2.AsyncBaseTransport):
     """Records every request sent through ``inner`` (async clients)."""
 
@@ -452,12 +481,13 @@ class AsyncRecordingTransport(httpx2.AsyncBaseTransport):
 
     async def handle_async_request(self, request: httpx2.Request) -> httpx2.Response:
         pending = self._rec.before(request)
+        departure = _Departure(request) if isinstance(self.inner, httpx2.AsyncHTTPTransport) else None
         try:
             response = await self.inner.handle_async_request(request)
             body = await response.aread()
             await response.aclose()
         except BaseException as exc:  # an interrupt too: the ledger keeps the attempt
-            self._rec.failed(pending, exc)
+            self._rec.failed(pending, exc, left=departure is None or departure.started)
             raise
         self._rec.answered(pending, response, body)
         return _rebuild(response, body, request)
