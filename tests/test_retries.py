@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import asyncio
+import base64
 import json
 from collections import Counter
 from pathlib import Path
 from typing import Any
 
 import httpx2
+import numpy as np
 import pytest
 
 from docingest.account import StatsCollector
@@ -223,3 +225,53 @@ def test_a_chat_answer_without_text_fails_its_chunk_with_the_reason(body, why):
     value, error, _ = _summarize(body)
     assert value is None
     assert error is not None and "malformed chat completion" in error and why in error
+
+
+class _SplitThenHang(httpx2.AsyncBaseTransport):
+    """A batch of two is refused (400); the "left" input alone is answered, the "right" one never."""
+
+    def __init__(self) -> None:
+        self.seen: list[list[str]] = []
+
+    async def handle_async_request(self, request: httpx2.Request) -> httpx2.Response:
+        inputs = json.loads(await request.aread())["input"]
+        self.seen.append(inputs)
+        if len(inputs) > 1:
+            error = {"message": "bad input", "type": "invalid_request_error", "param": "input", "code": None}
+            return httpx2.Response(400, json={"error": error})
+        if inputs == ["left"]:
+            vector = base64.b64encode(np.zeros(4, dtype="<f4").tobytes()).decode()
+            data = [{"object": "embedding", "index": 0, "embedding": vector}]
+            usage = {"prompt_tokens": 1, "total_tokens": 1}
+            return httpx2.Response(200, json={"object": "list", "data": data, "model": "m", "usage": usage})
+        await asyncio.Event().wait()  # never answered
+        raise AssertionError("unreachable")
+
+
+def test_a_split_batch_interrupted_keeps_the_record_of_the_half_that_was_answered():
+    def item(text: str) -> EmbeddingItem:
+        chunk = Chunk(path=f"{text}.md", index=0, text=text, tokens=1, sha256=text)
+        return EmbeddingItem(chunk, text, 1, content_key("m", text))
+
+    stats = StatsCollector()
+    written: list[Any] = []
+    stats.subscribe(written.append)
+    transport = _SplitThenHang()
+    settings = ClientSettings(base_url="http://127.0.0.1:9/v1", api_key="k", max_retries=0)
+
+    async def go() -> None:
+        client = build_async_client(settings, stats, transport=transport)
+        executor = Executor(client, settings, stats=stats, defer=True)  # successes written with results
+        task = asyncio.ensure_future(executor.embed([item("left"), item("right")]))
+        while len(transport.seen) < 3:  # the batch, then both halves sent
+            await asyncio.sleep(0)
+        for _ in range(500):  # let the answered half finish (no clock involved: turns of the loop)
+            await asyncio.sleep(0)
+        task.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await task
+        await client.close()
+
+    asyncio.run(go())
+    calls = [(r["status"], r["chunks"][0][0]) for r in written if r["type"] == "call"]
+    assert ("Success", "left.md") in calls  # sent and answered: in the ledger, though never stored

@@ -227,7 +227,16 @@ class Executor:
             if len(items) == 1:
                 return EmbedOutcome.failure(1, error, records)
             half = len(items) // 2
-            left, right = await asyncio.gather(self.embed(items[:half]), self.embed(items[half:]))
+            halves = [asyncio.ensure_future(self.embed(part)) for part in (items[:half], items[half:])]
+            try:
+                left, right = await asyncio.gather(*halves)
+            except BaseException:  # interrupted: a half already answered was sent, and is billed
+                for task in halves:
+                    if task.done() and not task.cancelled() and task.exception() is None:
+                        self.write(task.result().records)
+                    else:
+                        task.cancel()
+                raise
             return EmbedOutcome(
                 left.results + right.results,
                 records + left.records + right.records,
