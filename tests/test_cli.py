@@ -50,14 +50,26 @@ def test_dry_run_of_the_sample_docs_writes_report_and_ledger(tmp_path):
     assert skipped["docs/assets/app.min.js"] == "minified"
 
 
-@pytest.mark.parametrize("value", ["true", "TRUE", "1", "yes", " Yes "])
+@pytest.mark.parametrize("value", ["true", "TRUE", "1", "yes", " Yes ", "on", "y"])
 def test_dry_run_env_true(value):
     assert env_dry_run({"DRY_RUN": value}) is True
 
 
-@pytest.mark.parametrize("value", ["false", "0", "", "no", "on", "y"])
+@pytest.mark.parametrize("value", ["false", "0", "", "no", "off", "N"])
 def test_dry_run_env_false(value):
     assert env_dry_run({"DRY_RUN": value}) is False
+    assert env_dry_run({}) is False
+
+
+@pytest.mark.parametrize("value", ["maybe", "ture", "2"])
+def test_a_dry_run_env_that_is_neither_is_refused_before_any_work(value, tmp_path, monkeypatch, capsys):
+    monkeypatch.setenv("DRY_RUN", value)
+    console, _ = _console()
+    report = tmp_path / "r.json"
+    argv = ["ingest", str(SAMPLE), "--report", str(report), "--base-url", "http://127.0.0.1:9/v1"]
+    assert main(argv, console=console) == 2
+    assert f"DRY_RUN={value!r} is neither true" in capsys.readouterr().err
+    assert not report.exists()
 
 
 def test_dry_run_from_the_environment_needs_no_key(tmp_path, monkeypatch):

@@ -16,7 +16,8 @@ from docingest.errors import ConfigError, SourceError
 from docingest.execute import ClientSettings, resolve_credentials
 from docingest.plan import CONTEXT_MODES, ContextMode
 
-TRUE_VALUES = {"1", "true", "yes"}
+TRUE_VALUES = {"1", "true", "yes", "on", "y"}
+FALSE_VALUES = {"", "0", "false", "no", "off", "n"}
 REDACTED = "***"
 
 
@@ -52,8 +53,18 @@ def redact_run(run: dict[str, Any]) -> dict[str, Any]:
 
 
 def env_dry_run(environ: Any = os.environ) -> bool:
-    """``DRY_RUN=true`` (also ``1``, ``yes``, any case); anything else is false."""
-    return str(environ.get("DRY_RUN", "")).strip().lower() in TRUE_VALUES
+    """``DRY_RUN=true`` (also ``1``, ``yes``, ``on``, ``y``, any case); unset, empty, ``false``,
+    ``0``, ``no``, ``off`` or ``n`` is false. Anything else is refused: a typo must not start a
+    run that sends (and bills) every request."""
+    value = str(environ.get("DRY_RUN", "")).strip().lower()
+    if value in TRUE_VALUES:
+        return True
+    if value in FALSE_VALUES:
+        return False
+    raise ConfigError(
+        f"DRY_RUN={environ.get('DRY_RUN')!r} is neither true ({', '.join(sorted(TRUE_VALUES))}) nor false "
+        f"({', '.join(sorted(v for v in FALSE_VALUES if v))}, or empty): set it to one of them"
+    )
 
 
 @dataclass(slots=True)
