@@ -69,3 +69,13 @@ def test_analyze_report_and_ledger_print_the_same_findings(tmp_path: Path) -> No
     console = Console(record=True, width=200)
     assert main(["analyze", str(small), str(rep)], console=console) == 0
     assert "growth with repository size" in console.export_text()
+
+
+def test_a_top_below_one_is_refused(tmp_path: Path, capsys) -> None:
+    src = tmp_path / "docs"
+    src.mkdir()
+    (src / "a.md").write_text("# A\n\nOne line.\n", encoding="utf-8")
+    report = _run(tmp_path, src, "r", "section")
+    console = Console(record=True, width=140)
+    assert main(["compare", str(report), str(report), "--top", "-5"], console=console) == 2
+    assert "--top must be at least 1 (got -5)" in capsys.readouterr().err

@@ -17,7 +17,7 @@ from rich.markup import escape
 from rich.text import Text
 
 from docingest import __version__
-from docingest.errors import BudgetExceeded, DocingestError
+from docingest.errors import BudgetExceeded, ConfigError, DocingestError
 
 if TYPE_CHECKING:
     from docingest.account import StatsCollector
@@ -423,6 +423,8 @@ def _compare(args: argparse.Namespace, console: Console) -> int:
     from docingest.cost import PriceTable
     from docingest.report import write_report
 
+    if args.top < 1:
+        raise ConfigError(f"--top must be at least 1 (got {args.top})")
     prices = PriceTable.from_file(args.price_file)
     result = compare(load_run(args.before, prices=prices), load_run(args.after, prices=prices), top=args.top)
     print_compare(console, result)
