@@ -391,3 +391,27 @@ def test_merged_ledgers_of_one_source_count_each_skipped_file_once(tmp_path):
     assert one["files_skipped"] > 0
     assert data["aggregated"]["files_skipped"] == one["files_skipped"]
     assert len(data["skipped_files"]) == len({s["path"] for s in data["skipped_files"]})
+
+
+def test_a_refused_key_stops_the_run_at_the_first_401(tmp_path):
+    """A user:password in --base-url replaces the key (basic auth): the API answers 401 to every
+    request, so the run stops at the first and sends nothing more."""
+    from docingest.testing.openai_server import OpenAIServer
+
+    console, out = _console()
+    report = tmp_path / "r.json"
+    with OpenAIServer() as server:
+        url = server.base_url.replace("http://", "http://user:pw@")
+        argv = ["ingest", str(SAMPLE), "--base-url", url, "--report", str(report), "--concurrency", "2"]
+        code = main([*argv, "--db", str(tmp_path / "kb.sqlite")], console=console)
+        received = len(server.requests)
+    assert code == 4
+    agg = json.loads(report.read_text())["aggregated"]
+    assert agg["total_successful_calls"] == 0
+    assert 1 <= received == agg["total_api_calls_initiated"] <= 2  # only those already in flight
+    dry = tmp_path / "dry.json"
+    assert main(["ingest", str(SAMPLE), "--dry-run", "--report", str(dry)], console=_console()[0]) == 0
+    assert json.loads(dry.read_text())["aggregated"]["total_api_calls_initiated"] > 10  # the whole run
+    text = " ".join(out.getvalue().split())
+    assert "stopped at the first 401: the API refused the key (401 invalid_api_key)" in text
+    assert "check OPENAI_API_KEY" in text

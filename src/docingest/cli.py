@@ -235,6 +235,13 @@ def _ingest(args: argparse.Namespace, console: Console) -> int:
             )
         return 128 + signal.SIGTERM if terminated else 130
     report = write_outputs(result.stats, result.report_path, result.ledger_path, otel=True)
+    if result.key_refused:
+        console.print(
+            f"stopped at the first 401: {result.stopped}, so nothing more was sent; check OPENAI_API_KEY "
+            "(a user:password in --base-url replaces it) and run the same command again",
+            highlight=False,
+        )
+        return 4
     if result.stopped is not None:
         console.print(
             f"stopped before the end: {result.stopped}; the work done is stored: run the same command "

@@ -106,6 +106,7 @@ class Outcome:
     error: str | None
     records: list[dict[str, Any]] = field(default_factory=list)
     refused: bool = False
+    held: bool = False  # not sent: the executor was halted (see Executor.halted)
 
 
 @dataclass(slots=True)
@@ -118,6 +119,7 @@ class EmbedOutcome:
     records: list[dict[str, Any]] = field(default_factory=list)
     refused: bool = False
     failed: list[str] = field(default_factory=list)
+    held: bool = False  # not sent: the executor was halted (see Executor.halted)
 
     @classmethod
     def failure(cls, count: int, error: str, records: list[dict[str, Any]]) -> EmbedOutcome:
@@ -147,6 +149,9 @@ class Executor:
         self.stats = stats
         self.defer = defer and stats is not None
         self._slots = asyncio.Semaphore(max(settings.concurrency, 1))
+        #: why nothing more may be sent (e.g. the API refused the key): requests waiting for a
+        #: slot are then held back, not sent
+        self.halted: str | None = None
 
     def write(self, records: Sequence[dict[str, Any]]) -> None:
         """Write deferred ledger records (see :class:`Outcome`)."""
@@ -168,6 +173,8 @@ class Executor:
         )
         records = info.deferred if info.deferred is not None else []
         async with self._slots:
+            if self.halted is not None:
+                return Outcome(None, self.halted, records, held=True)
             token = current_call.set(info)
             try:
                 response = await self.client.post(
@@ -205,6 +212,8 @@ class Executor:
         records = info.deferred if info.deferred is not None else []
         error: str | None = None
         async with self._slots:
+            if self.halted is not None:
+                return EmbedOutcome([(None, self.halted)] * len(items), records, held=True)
             token = current_call.set(info)
             try:
                 response = await self.client.embeddings.create(

@@ -72,6 +72,8 @@ class RunResult:
     report_path: Path
     ledger_path: Path
     stopped: str | None = None  # why the run stopped before the end (the budget); None: it did not
+    #: the API refused the key (401): the run stopped there, as every other request would be refused
+    key_refused: bool = False
     forecast: Forecast | None = None  # the forecast checked against the budget, if there was one
     #: requests that failed for good (after any retries), by the first words of their error
     failures: dict[str, int] = field(default_factory=dict)
@@ -128,7 +130,8 @@ class _Run:
         # requests in flight by content key, with the chunks waiting for the same result
         self._summary_waiters: dict[str, list[SummaryRequest]] = {}
         self._embedding_waiters: dict[str, list[EmbeddingItem]] = {}
-        self.stopped: str | None = None  # why the run stopped early (the budget)
+        self.stopped: str | None = None  # why the run stopped early (the budget, a refused key)
+        self.key_refused = False
         self.failures: dict[str, int] = {}  # requests that failed for good, by error
         self._error: BaseException | None = None
 
@@ -319,6 +322,8 @@ class _Run:
         if outcome.refused:
             self._stop(outcome.error)
             self._unsent(request.chunk, "chat_summary", request.prompt_tokens, _budget_reason(outcome.error))
+        elif outcome.held:
+            self._unsent(request.chunk, "chat_summary", request.prompt_tokens, outcome.error or "held back")
         elif outcome.value is None:
             self._failed(outcome.error)
         else:
@@ -335,6 +340,10 @@ class _Run:
     def _failed(self, error: str | None) -> None:
         reason = (error or "unknown error").split(":", 1)[0]
         self.failures[reason] = self.failures.get(reason, 0) + 1
+        if reason.startswith("401"):  # a wrong key: every other request would fail the same way
+            self.key_refused = True
+            self._stop(f"the API refused the key ({reason})")
+            self.executor.halted = f"not sent: the API refused the key ({reason}) of an earlier request"
 
     def _stop(self, reason: str | None) -> None:
         self.stopped = self.stopped or reason or "stopped"
@@ -367,6 +376,8 @@ class _Run:
             if vector is None and outcome.refused and error == self.budget.refused:
                 self._stop(error)
                 self._unsent(item.chunk, "create_embedding", item.tokens, _budget_reason(error))
+            elif vector is None and outcome.held:
+                self._unsent(item.chunk, "create_embedding", item.tokens, error or "held back")
             for it in followers[item.key]:
                 if vector is not None:
                     self._cache_hit(it.chunk, "create_embedding", it.tokens, "this_run")
@@ -675,6 +686,7 @@ async def _aingest(
         report_path=report_path,
         ledger_path=ledger,
         stopped=run.stopped,
+        key_refused=run.key_refused,
         forecast=forecast,
         failures=dict(run.failures),
     )
