@@ -483,6 +483,9 @@ def main(argv: Sequence[str] | None = None, *, console: Console | None = None) -
             soft_wrap=True,
         )
         return 2
+    except KeyboardInterrupt:  # before a run began (an interrupted run is handled by its command)
+        err.print("interrupted", highlight=False)
+        return 130
     return code
 
 
