@@ -131,7 +131,6 @@ class _Run:
         self._summary_waiters: dict[str, list[SummaryRequest]] = {}
         self._embedding_waiters: dict[str, list[EmbeddingItem]] = {}
         self.stopped: str | None = None  # why the run stopped early (the budget, a refused key)
-        self.key_refused = False
         self.failures: dict[str, int] = {}  # requests that failed for good, by error
         self._error: BaseException | None = None
 
@@ -341,7 +340,6 @@ class _Run:
         reason = (error or "unknown error").split(":", 1)[0]
         self.failures[reason] = self.failures.get(reason, 0) + 1
         if reason.startswith("401"):  # a wrong key: every other request would fail the same way
-            self.key_refused = True
             self._stop(f"the API refused the key ({reason})")
             self.executor.halted = f"not sent: the API refused the key ({reason}) of an earlier request"
 
@@ -686,7 +684,7 @@ async def _aingest(
         report_path=report_path,
         ledger_path=ledger,
         stopped=run.stopped,
-        key_refused=run.key_refused,
+        key_refused=run.executor.halted is not None,  # only a refused key halts it
         forecast=forecast,
         failures=dict(run.failures),
     )
